@@ -115,6 +115,8 @@ struct FormatTraits {
 std::span<const FormatTraits> all_formats();
 const FormatTraits& format_traits(FormatId id);
 const FormatTraits* find_format(std::string_view family_name);
+// The row whose gguf_type is `ggml_type`, or null.
+const FormatTraits* find_format_by_gguf_type(int ggml_type);
 
 // Checks the scheme against the table and the weight's shape (e.g. group size divides cols).
 Status validate_scheme(const Scheme& scheme, int64_t rows, int64_t cols);
