@@ -18,8 +18,10 @@
 //                     nearest-rank sample percentile.
 //   mse               clip ratio minimising the expected b-bit quantization MSE, found by grid
 //                     search on the histogram treated as a piecewise-uniform density (exact
-//                     integral per quantization cell). Symmetric: [-r*amax, r*amax]; asymmetric:
-//                     [r*min, r*max] of the zero-including range.
+//                     integral per quantization cell) over r = 1.00, 0.99, ..., 0.01, refined in
+//                     steps of 0.0005 around the best. Symmetric: [-r*amax, r*amax];
+//                     asymmetric: [r*min, r*max] of the zero-including range. The grid scored
+//                     is the one range_to_qparams() builds (options.bits, options.symmetric).
 //   entropy           TensorRT's KL-divergence calibration ("8-bit Inference with TensorRT",
 //                     GTC 2017): a 2048-bin histogram of |x| over [0, amax]; for every candidate
 //                     i from 2^(b-1) (128 at 8 bits) to 2048 bins, P = bins[0..i) with the
@@ -33,9 +35,12 @@
 // Histograms (percentile, mse, entropy) are kept per channel on an aligned grid whose width
 // doubles (exact pairwise merging) and whose window slides when a batch exceeds the range, so any
 // number of batches fit in `histogram_bins` counters while the observed range always spans more
-// than half of them. Entropy re-bins that histogram to exactly 2048 bins over [0, amax] (splitting
-// stored bins in proportion to overlap; stored bins are at most as wide as the target bins when
-// histogram_bins >= 4096). Memory: 8 bytes * histogram_bins per channel.
+// than half of them (bin width <= 2 * (max - min) / (histogram_bins - 1)). Entropy re-bins that
+// histogram to exactly 2048 bins over [0, amax], splitting stored bins in proportion to overlap
+// (uniform density inside a bin); with the default 4096 stored bins a stored bin is at most
+// 2 * amax / 4095 (1.0003 target bins) wide, so re-binning moves mass by about one target bin at
+// most. Memory: 8 bytes * histogram_bins per channel (per-channel histograms of wide layers are
+// large: 4096 channels * 4096 bins = 128 MiB; lower histogram_bins there if needed).
 //
 // Symmetric observers report [max(min, -T), min(max, T)], i.e. the threshold intersected with the
 // observed range, so that asymmetric qparams on one-sided data stay tight; symmetric qparams of
@@ -81,6 +86,8 @@ struct QuantParams {
 // An all-zero range gives scale 1; scales below FLT_MIN are raised to FLT_MIN.
 // bits in [2, 16]; min <= max, both finite.
 Expected<QuantParams> range_to_qparams(Range range, int bits, bool symmetric);
+// range_to_qparams for each channel; errors name the channel.
+Expected<std::vector<QuantParams>> ranges_to_qparams(const std::vector<Range>& ranges, int bits, bool symmetric);
 
 enum class ObserverMethod { minmax, ema_minmax, percentile, mse, entropy };
 

@@ -53,6 +53,17 @@ Expected<QuantParams> range_to_qparams(Range range, int bits, bool symmetric) {
   return qp;
 }
 
+Expected<std::vector<QuantParams>> ranges_to_qparams(const std::vector<Range>& ranges, int bits, bool symmetric) {
+  std::vector<QuantParams> out;
+  out.reserve(ranges.size());
+  for (size_t c = 0; c < ranges.size(); ++c) {
+    auto qp = range_to_qparams(ranges[c], bits, symmetric);
+    if (!qp.has_value()) return qp.status().with_context("channel " + std::to_string(c));
+    out.push_back(*qp);
+  }
+  return out;
+}
+
 // ---- names and options --------------------------------------------------------------------------
 
 const char* observer_method_name(ObserverMethod method) {
