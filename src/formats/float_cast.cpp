@@ -41,7 +41,7 @@ Status float_cast_quantize_ref(const Scheme& scheme, const float* w, int64_t row
     const uint16_t h = bf ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
     const uint16_t inf = bf ? 0x7F80 : 0x7C00;
     if ((h & 0x7FFF) == inf && std::isfinite(w[i]))
-      return invalid_argument(scheme.name() + ": weight " + std::to_string(w[i]) + " at index " + std::to_string(i) +
+      return invalid_argument(floatq::family_label(scheme) + ": weight " + std::to_string(w[i]) + " at index " + std::to_string(i) +
                               " overflows " + (bf ? "bf16" : "f16 (max 65504); use bf16"));
     std::memcpy(out->codes.data() + 2 * i, &h, 2);
   }

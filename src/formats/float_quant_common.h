@@ -49,10 +49,26 @@ inline Status check_options(const QuantizeOptions& o, int64_t rows, int64_t cols
   return Status::ok();
 }
 
+// Canonical-looking label of the scheme's family for messages (the table's Scheme::name() is
+// not needed here, so these files do not depend on format_table.cpp).
+inline std::string family_label(const Scheme& s) {
+  switch (s.format) {
+    case FormatId::nf4: return s.double_quant ? "nf4-dq" : "nf4";
+    case FormatId::fp4_e2m1: return "fp4";
+    case FormatId::mxfp4: return "mxfp4";
+    case FormatId::nvfp4: return "nvfp4";
+    case FormatId::fp8_e4m3: return "fp8-e4m3";
+    case FormatId::fp8_e5m2: return "fp8-e5m2";
+    case FormatId::f16: return "f16";
+    case FormatId::bf16: return "bf16";
+    default: return "format " + std::to_string(static_cast<int>(s.format));
+  }
+}
+
 inline Status check_shape(const Scheme& s, int64_t rows, int64_t cols, int64_t group) {
-  if (rows <= 0 || cols <= 0) return invalid_argument(s.name() + ": empty shape");
+  if (rows <= 0 || cols <= 0) return invalid_argument(family_label(s) + ": empty shape");
   if (group > 0 && cols % group != 0)
-    return invalid_argument(s.name() + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
+    return invalid_argument(family_label(s) + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
                             std::to_string(group));
   return Status::ok();
 }

@@ -115,7 +115,7 @@ Layout start(const Scheme& scheme, int64_t rows, int64_t cols, int64_t group, Qu
 
 int64_t fixed_block(const Scheme& scheme, int64_t block, Status* st) {
   if (scheme.group_size != 0 && scheme.group_size != block)
-    *st = invalid_argument(scheme.name() + ": the block is fixed at " + std::to_string(block) + ", not " +
+    *st = invalid_argument(family_label(scheme) + ": the block is fixed at " + std::to_string(block) + ", not " +
                            std::to_string(scheme.group_size));
   return block;
 }
