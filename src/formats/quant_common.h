@@ -21,11 +21,16 @@ inline uint16_t f16_round_up(float s) {
   return h;
 }
 
-// Round half to even in the default floating-point environment (what nearbyint does); the
-// argument is clamped first so the conversion to int is always defined.
+// round(v) to the nearest integer, ties to even, after clamping v to [lo, hi] (|lo|, |hi| < 2^22).
+// Adding 1.5 * 2^23 makes the float addition itself round to an integer (ties to even in the
+// default rounding mode) and leaves it in the low mantissa bits: exact, branch-free and the same
+// in scalar and SIMD code, unlike nearbyint, which is a library call that saves the FP state.
 inline int round_clamped(float v, int lo, int hi) {
   v = std::min(std::max(v, static_cast<float>(lo)), static_cast<float>(hi));
-  return static_cast<int>(std::nearbyint(v));
+  const float shifted = v + 12582912.0f;
+  int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return (bits & 0x007FFFFF) - 0x00400000;
 }
 
 // Importance weights as quantize() accepted them: per element ([rows * cols]) or per input column

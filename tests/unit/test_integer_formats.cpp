@@ -211,7 +211,7 @@ TEST(IntegerFormats, KnownBytes) {
 }
 
 TEST(IntegerFormats, DeterministicAcrossRunsAndThreadCounts) {
-  const int64_t rows = 64, cols = 512;
+  const int64_t rows = 32, cols = 256;
   const auto w = heavy_tailed(rows * cols, 5);
   const auto importance = heavy_tailed(rows * cols, 6);
   std::vector<float> imp(importance.size());
