@@ -137,10 +137,12 @@ class KVCache {
   // Drops tokens past `length` of a sequence (e.g. to re-run a shorter prefix).
   Status truncate(int64_t sequence, int64_t length);
 
- private:
-  friend class Model;
+  // Raw [max_tokens, kv_dim] key / value rows of one layer and sequence.
   float* k(int64_t layer, int64_t sequence) { return k_.data() + offset(layer, sequence); }
   float* v(int64_t layer, int64_t sequence) { return v_.data() + offset(layer, sequence); }
+
+ private:
+  friend class Model;
   size_t offset(int64_t layer, int64_t sequence) const {
     return static_cast<size_t>((layer * max_sequences_ + sequence) * max_tokens_ * kv_dim_);
   }
@@ -212,8 +214,9 @@ class Model {
   Expected<EncoderOutput> encode(const int32_t* input_ids, const int32_t* attention_mask,
                                  const int32_t* token_type_ids, int64_t batch, int64_t seq_len);
 
+  struct Impl;  // opaque; defined in src/model/model_impl.h
+
  private:
-  struct Impl;
   explicit Model(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -2,12 +2,10 @@
 // config expects, and every expected tensor must be there with the expected shape. Weights are
 // converted to f32 at load.
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <tuple>
 
 #include "model/model_impl.h"
-#include "qforge/safetensors.h"
 
 namespace qforge {
 namespace {
@@ -101,16 +99,6 @@ std::vector<float> to_vector(const Tensor& t) {
   return std::vector<float>(p, p + t.numel());
 }
 
-class CheckpointSource final : public TensorSource {
- public:
-  explicit CheckpointSource(const SafetensorsCheckpoint& ck) : ck_(ck) {}
-  std::vector<std::string> tensor_names() const override { return ck_.tensor_names(); }
-  Expected<Tensor> tensor(const std::string& name) const override { return ck_.tensor(name); }
-  std::string label() const override { return ck_.path(); }
-
- private:
-  const SafetensorsCheckpoint& ck_;
-};
 
 }  // namespace
 
@@ -146,9 +134,11 @@ Expected<Model> Model::from_tensors(const ModelConfig& config, const TensorSourc
   std::map<Key, const Need*> need_of;
   for (const Need& n : needs) need_of[Key{n.role, n.layer, n.is_bias}] = &n;
   std::vector<std::string> missing, extra;
-  for (const Need& n : needs)
-    if (!n.optional && !found.count(Key{n.role, n.layer, n.is_bias}))
-      missing.push_back(tensor_name_for_role(arch, n.role, n.layer, n.is_bias, naming).value_or(key_text({n.role, n.layer, n.is_bias})));
+  for (const Need& n : needs) {
+    if (n.optional || found.count(Key{n.role, n.layer, n.is_bias})) continue;
+    auto name = tensor_name_for_role(arch, n.role, n.layer, n.is_bias, naming);
+    missing.push_back(name.has_value() ? "'" + *name + "'" : key_text({n.role, n.layer, n.is_bias}));
+  }
   for (const auto& [key, name] : found)
     if (!need_of.count(key)) extra.push_back("'" + name + "'");
   if (!missing.empty())
@@ -224,28 +214,6 @@ Expected<Model> Model::from_tensors(const ModelConfig& config, const TensorSourc
   }
   impl->init_rope();
   return Model(std::move(impl));
-}
-
-Expected<Model> Model::from_checkpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint) {
-  return from_tensors(config, CheckpointSource(checkpoint), TensorNaming::hf);
-}
-
-Expected<Model> Model::load(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  std::string config_path;
-  if (fs::is_directory(path, ec)) {
-    config_path = (fs::path(path) / "config.json").string();
-  } else if (fs::path(path).extension() == ".safetensors") {
-    config_path = (fs::path(path).parent_path() / "config.json").string();
-  } else if (fs::is_regular_file(path, ec)) {
-    return load_llama2c(path);
-  } else {
-    return io_error(path + ": no such file or directory");
-  }
-  QFORGE_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(config_path));
-  QFORGE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ck, SafetensorsCheckpoint::open(path));
-  return from_checkpoint(config, ck);
 }
 
 }  // namespace qforge
