@@ -311,7 +311,9 @@ class Runner {
     int64_t max_keys = 0;
     for (const Span& s : b_.spans) max_keys = std::max(max_keys, s.past + s.n);
     const int64_t items = b_.total * nh;
-#pragma omp parallel
+    // Small problems (single-token decode of a short context) run faster on one thread.
+    const bool parallel = items * max_keys * hd > 262144;
+#pragma omp parallel if (parallel)
     {
       std::vector<float> scores(static_cast<size_t>(max_keys));
 #pragma omp for schedule(dynamic, 4)

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -67,6 +68,7 @@ TEST(ModelForward, HfGoldensMatchTransformers) {
     ASSERT_TRUE(logits.has_value()) << logits.status().to_string();
     ASSERT_EQ(logits->numel(), static_cast<int64_t>(ref.size()));
     const double err = rel_error(logits->data_as<float>(), ref.data(), logits->numel());
+    std::printf("  %-18s relative error %.3g (allowed %.0e)\n", arch, err, allowed);
     EXPECT_LE(err, allowed) << arch << ": relative error " << err << ", allowed " << allowed;
   }
 }
@@ -87,6 +89,7 @@ TEST(ModelForward, BertGoldenLastHiddenState) {
   ASSERT_EQ(out->last_hidden_state.numel(), static_cast<int64_t>(ref.size()));
   const double allowed = 1e-5;
   const double err = rel_error(out->last_hidden_state.data_as<float>(), ref.data(), out->last_hidden_state.numel());
+  std::printf("  bert last_hidden_state relative error %.3g (allowed %.0e)\n", err, allowed);
   EXPECT_LE(err, allowed) << "relative error " << err << ", allowed " << allowed;
 
   // The mean-pooled embedding averages the golden's unmasked rows.
@@ -145,6 +148,7 @@ TEST(ModelForward, RefLlama25mGoldenLogits) {
   ASSERT_EQ(logits->numel(), static_cast<int64_t>(r->logits.size()));
   const double allowed = 1e-4;
   const double err = rel_error(logits->data_as<float>(), r->logits.data(), logits->numel());
+  std::printf("  ref-llama-25m relative error %.3g (allowed %.0e)\n", err, allowed);
   EXPECT_LE(err, allowed) << "relative error " << err << ", allowed " << allowed;
 }
 
@@ -167,6 +171,7 @@ void check_incremental_decode(Model& model, const std::vector<int32_t>& ids, int
     worst = std::max(worst, rel_error(logits.data_as<float>(), full->data_as<float>() + t * V, V));
   }
   EXPECT_EQ(cache->length(0), T);
+  std::printf("  incremental decode: worst relative error %.3g (allowed %.0e)\n", worst, allowed);
   EXPECT_LE(worst, allowed) << "worst relative error " << worst << ", allowed " << allowed;
   // The cache is full now.
   TokenChunk more{0, std::span<const int32_t>(ids.data(), 1)};
@@ -217,6 +222,7 @@ TEST(ModelForward, BatchOfSequencesEqualsEachAlone) {
   ASSERT_EQ(logits.shape(), (Shape{24 + 13, V}));
   const double ea = rel_error(logits.data_as<float>(), alone_a->data_as<float>(), 24 * V);
   const double eb = rel_error(logits.data_as<float>() + 24 * V, alone_b->data_as<float>(), 13 * V);
+  std::printf("  batch vs alone: relative errors %.3g, %.3g (allowed %.0e)\n", ea, eb, kReorderTolerance);
   EXPECT_LE(ea, kReorderTolerance) << "sequence a: relative error " << ea << ", allowed " << kReorderTolerance;
   EXPECT_LE(eb, kReorderTolerance) << "sequence b: relative error " << eb << ", allowed " << kReorderTolerance;
 
@@ -334,6 +340,7 @@ TEST(ModelForward, Llama2cStories260KGreedyZoo) {
     text += vocab.decode(token, next);
     token = next;
   }
+  std::printf("  stories260K: %s\n", text.c_str());
   const std::string expected = "Zoo was a little girl named Lily. She loved to play outside in the park.";
   EXPECT_EQ(text.substr(0, expected.size()), expected) << "generated: " << text;
 }
