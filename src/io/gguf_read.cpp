@@ -78,12 +78,12 @@ class GgufParser {
     const uint64_t at = pos_;
     uint64_t len = 0;
     QFORGE_RETURN_IF_ERROR(read(&len, what + " length"));
-    if (len > max_bytes)
-      return error(at, what + " is " + std::to_string(len) + " bytes long, more than the limit of " +
-                           std::to_string(max_bytes));
     if (len > remaining())
       return error(at, what + " length " + std::to_string(len) + " runs past the end of the file (" +
                            std::to_string(remaining()) + " bytes left)");
+    if (len > max_bytes)
+      return error(at, what + " is " + std::to_string(len) + " bytes long, more than the limit of " +
+                           std::to_string(max_bytes));
     out->assign(reinterpret_cast<const char*>(data_ + pos_), static_cast<size_t>(len));
     pos_ += len;
     return Status::ok();
@@ -256,7 +256,7 @@ Status GgufParser::parse(GgufFile* out) {
     return error(4, "GGUF version 1 is not supported (it used 32-bit counts and lengths; re-convert the model "
                     "with a current llama.cpp)", ErrorCode::unsupported);
   if (version != 2 && version != 3) {
-    if ((version & 0xFFFFu) == 0 && __builtin_bswap32(version) <= 3)
+    if (version != 0 && (version & 0xFFFFu) == 0 && __builtin_bswap32(version) <= 3)
       return error(4, "version field reads " + std::to_string(version) + ": a big-endian GGUF file, which qforge "
                       "does not support", ErrorCode::unsupported);
     return error(4, "GGUF version " + std::to_string(version) + " is not supported (qforge reads versions 2 and 3)",
@@ -275,8 +275,10 @@ Status GgufParser::parse(GgufFile* out) {
   // Metadata.
   out->version_ = version;
   out->metadata_.reserve(static_cast<size_t>(kv_count));
+  std::vector<uint64_t> kv_at_of(static_cast<size_t>(kv_count));
   for (uint64_t i = 0; i < kv_count; ++i) {
     const uint64_t kv_at = pos_;
+    kv_at_of[static_cast<size_t>(i)] = kv_at;
     GgufKeyValue kv;
     QFORGE_RETURN_IF_ERROR(read_string(&kv.key, "key #" + std::to_string(i), kGgufMaxKeyBytes));
     if (kv.key.empty()) return error(kv_at, "key #" + std::to_string(i) + " is empty");
@@ -290,12 +292,13 @@ Status GgufParser::parse(GgufFile* out) {
   }
 
   out->alignment_ = kGgufDefaultAlignment;
-  if (const GgufValue* a = out->find("general.alignment")) {
-    const uint32_t* v = a->get_if<uint32_t>();
-    if (v == nullptr)
-      return error(16, "key 'general.alignment' has type " + a->type_description() + ", expected u32");
+  if (auto it = out->key_index_.find("general.alignment"); it != out->key_index_.end()) {
+    const GgufValue& a = out->metadata_[it->second].value;
+    const uint64_t at = kv_at_of[it->second];
+    const uint32_t* v = a.get_if<uint32_t>();
+    if (v == nullptr) return error(at, "key 'general.alignment' has type " + a.type_description() + ", expected u32");
     if (*v == 0 || (*v & (*v - 1)) != 0)
-      return error(16, "general.alignment = " + std::to_string(*v) + " is not a power of two");
+      return error(at, "general.alignment = " + std::to_string(*v) + " is not a power of two");
     out->alignment_ = *v;
   }
 
