@@ -213,7 +213,9 @@ Status GgufWriter::write_to(const Sink& sink) {
     offset += align_up(e.nbytes, align);
   }
   QFORGE_RETURN_IF_ERROR(sink(head.data(), head.size()));
-  QFORGE_RETURN_IF_ERROR(write_zeros(align_up(head.size(), align) - head.size()));
+  // A metadata-only file ends with its last key (as gguf-py writes vocab-only files); otherwise
+  // the data section starts at the next multiple of the alignment.
+  if (!tensors_.empty()) QFORGE_RETURN_IF_ERROR(write_zeros(align_up(head.size(), align) - head.size()));
 
   std::vector<uint8_t> buffer;  // reused by lazy producers
   for (const Entry& e : tensors_) {
