@@ -186,6 +186,10 @@ class GgufValue {
       data_;
 };
 
+// Keys are 1..65535 bytes of printable ASCII (0x20..0x7e); the spec asks for ASCII and
+// `lower_snake_case.segments`, which qforge does not enforce because published files bend it.
+bool gguf_key_is_valid(std::string_view key);
+
 struct GgufKeyValue {
   std::string key;
   GgufValue value;
@@ -307,8 +311,8 @@ class GgufWriter {
  public:
   explicit GgufWriter(std::string path);
 
-  // Sets `key`; an existing key keeps its position and gets the new value. Keys must be 1..65535
-  // printable ASCII bytes; general.alignment must be a u32 power of two.
+  // Sets `key`; an existing key keeps its position and gets the new value. Keys must pass
+  // gguf_key_is_valid(); general.alignment must be a u32 power of two.
   Status set(std::string_view key, GgufValue value);
   Status set_string(std::string_view key, std::string value) { return set(key, GgufValue(std::move(value))); }
   Status set_u32(std::string_view key, uint32_t value) { return set(key, GgufValue(value)); }

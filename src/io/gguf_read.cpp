@@ -282,6 +282,8 @@ Status GgufParser::parse(GgufFile* out) {
     GgufKeyValue kv;
     QFORGE_RETURN_IF_ERROR(read_string(&kv.key, "key #" + std::to_string(i), kGgufMaxKeyBytes));
     if (kv.key.empty()) return error(kv_at, "key #" + std::to_string(i) + " is empty");
+    if (!gguf_key_is_valid(kv.key))
+      return error(kv_at, "key #" + std::to_string(i) + " has a byte outside printable ASCII (GGUF keys are ASCII)");
     if (out->key_index_.count(kv.key) != 0) return error(kv_at, "duplicate key '" + kv.key + "'");
     const std::string what = "key '" + kv.key + "'";
     GgufValueType type = GgufValueType::u8;

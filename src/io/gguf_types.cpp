@@ -177,6 +177,13 @@ const char* gguf_value_type_name(GgufValueType type) {
 
 bool gguf_value_type_is_valid(uint32_t id) { return id <= static_cast<uint32_t>(GgufValueType::f64); }
 
+bool gguf_key_is_valid(std::string_view key) {
+  if (key.empty() || key.size() > kGgufMaxKeyBytes) return false;
+  for (char c : key)
+    if (c < 0x20 || c > 0x7e) return false;
+  return true;
+}
+
 namespace {
 
 // Variant alternative index -> GGUF type: scalars and string first (0..11), arrays after (12..24).

@@ -32,11 +32,11 @@ void put_string(std::vector<uint8_t>* buf, std::string_view s) {
 // nesting deeper than the reader accepts.
 Status check_value(const GgufValue& v, int depth, const std::string& what) {
   if (!v.is_array() || v.element_type() != GgufValueType::array) return Status::ok();
-  if (depth + 1 >= kGgufMaxArrayDepth)
-    return invalid_argument(what + ": arrays nested more than " + std::to_string(kGgufMaxArrayDepth) + " deep");
   const auto& items = *v.array_if<GgufValue>();
   for (size_t i = 0; i < items.size(); ++i) {
     const std::string item = what + "[" + std::to_string(i) + "]";
+    if (depth + 1 >= kGgufMaxArrayDepth)
+      return invalid_argument(item + ": arrays nested more than " + std::to_string(kGgufMaxArrayDepth) + " deep");
     if (!items[i].is_array())
       return invalid_argument(item + " is a " + items[i].type_description() +
                               " inside an array of arrays (every element must be an array)");
@@ -107,11 +107,9 @@ GgufWriter::GgufWriter(std::string path) : path_(std::move(path)) {}
 
 Status GgufWriter::set(std::string_view key, GgufValue value) {
   const std::string k(key);
-  if (k.empty() || k.size() > kGgufMaxKeyBytes)
-    return invalid_argument(path_ + ": GGUF key must be 1.." + std::to_string(kGgufMaxKeyBytes) + " bytes, got " +
-                            std::to_string(k.size()));
-  for (char c : k)
-    if (c <= 0x20 || c >= 0x7f) return invalid_argument(path_ + ": GGUF key '" + k + "' has a byte that is not printable ASCII");
+  if (!gguf_key_is_valid(k))
+    return invalid_argument(path_ + ": invalid GGUF key '" + k.substr(0, 80) + "' (" + std::to_string(k.size()) +
+                            " bytes; keys are 1.." + std::to_string(kGgufMaxKeyBytes) + " bytes of printable ASCII)");
   if (k == "general.alignment") {
     const uint32_t* a = value.get_if<uint32_t>();
     if (a == nullptr)
