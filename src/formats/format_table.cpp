@@ -26,19 +26,6 @@ constexpr Granularity kTensor = Granularity::tensor;
 constexpr Granularity kChannel = Granularity::channel;
 constexpr Granularity kGroup = Granularity::group;
 
-// NF4 double quantization (bitsandbytes compress_statistics): the per-block absmax values of the
-// whole tensor (row-major, rows * groups_per_row of them) have their mean subtracted and are
-// quantized to u8 codes (the `scales` plane) in blocks of 256. `extra` holds the f32 mean followed
-// by one f32 absmax per block of 256 codes.
-constexpr int64_t kNf4DoubleQuantBlock = 256;
-size_t nf4_extra_bytes(const Scheme& scheme, int64_t rows, int64_t cols) {
-  if (!scheme.double_quant) return 0;
-  const int64_t blocks = rows * (cols / scheme.group_size);
-  return 4 + 4 * static_cast<size_t>((blocks + kNf4DoubleQuantBlock - 1) / kNf4DoubleQuantBlock);
-}
-// NVFP4: one f32 per-tensor scale (the second level above the per-block E4M3 scales).
-size_t nvfp4_extra_bytes(const Scheme&, int64_t, int64_t) { return 4; }
-
 // clang-format off
 // Columns: id, row name, description, stem, suffix, min/max bits, granularities, granularity
 // optional in names, default granularity, default group, "-dq" allowed, block, bytes per block,
