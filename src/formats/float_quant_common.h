@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/minifloat.h"
 #include "qforge/format.h"
 
 namespace qforge::formats::floatq {
@@ -107,16 +108,11 @@ inline uint8_t get_nibble(const uint8_t* row, int64_t i) {
 inline constexpr float kE2M1Magnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 // Round to nearest E2M1, ties to the even code (RNE, as the OCP conversion), |y| > 6 saturates to
 // 6 (OCP satfinite). The sign is kept, so negative values rounding to zero give -0 (code 8).
+// y must not be NaN.
 inline uint8_t e2m1_encode(float y) {
-  const uint8_t sign = std::signbit(y) ? 0x8 : 0x0;
-  const float a = std::fabs(y);
-  uint8_t code = 0;
-  for (uint8_t i = 0; i < 7; ++i) {
-    const float mid = 0.5f * (kE2M1Magnitude[i] + kE2M1Magnitude[i + 1]);  // exact in f32
-    if (a > mid || (a == mid && (i + 1) % 2 == 0)) code = i + 1;
-    else break;
-  }
-  return sign | code;
+  const uint32_t x = std::bit_cast<uint32_t>(y);
+  const uint32_t code = detail::round_to_minifloat(x & 0x7FFFFFFF, /*mbits=*/1, /*bias=*/1);
+  return static_cast<uint8_t>(((x >> 31) << 3) | (code > 7 ? 7 : code));
 }
 inline float e2m1_decode(uint8_t code) {
   const float m = kE2M1Magnitude[code & 0x7];

@@ -429,6 +429,43 @@ TEST(Fp4, E2M1ValuesAndCodes) {
   }
 }
 
+// Oracle: nearest E2M1 magnitude, ties to the even code, clamped at 6, sign kept.
+uint8_t e2m1_oracle(double y) {
+  const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const double a = std::min(std::fabs(y), 6.0);
+  int best = 0;
+  for (int k = 1; k < 8; ++k) {
+    const double dk = std::fabs(a - mags[k]), db = std::fabs(a - mags[best]);
+    if (dk < db || (dk == db && k % 2 == 0)) best = k;
+  }
+  return static_cast<uint8_t>((std::signbit(y) ? 8 : 0) | best);
+}
+
+TEST(Fp4, RoundingMatchesNearestEvenOracle) {
+  // Absmax 6 makes the scale exactly 1, so codes are e2m1(x) directly.
+  std::vector<float> probes;
+  const float mids[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f, 0.5f, 3.0f};
+  for (float m : mids)
+    for (float v : {m, std::nextafter(m, 0.0f), std::nextafter(m, 10.0f)}) {
+      if (v > 6.0f) continue;  // keep the group absmax at exactly 6
+      probes.push_back(v);
+      probes.push_back(-v);
+    }
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> ud(-6.0f, 6.0f);
+  while (probes.size() % 63 != 0) probes.push_back(ud(rng));
+  const Case c = all_cases()[4];
+  for (size_t start = 0; start < probes.size(); start += 63) {
+    std::vector<float> w(64);
+    w[0] = 6.0f;
+    std::copy(probes.begin() + static_cast<long>(start), probes.begin() + static_cast<long>(start + 63), w.begin() + 1);
+    const QuantizedTensor q = quantize_ok(c, w, 1, 64);
+    ASSERT_EQ(f32_at(q.scales, 0), 1.0f);
+    for (int i = 1; i < 64; ++i)
+      ASSERT_EQ(nibble(q, 0, i), e2m1_oracle(w[static_cast<size_t>(i)])) << "x=" << w[static_cast<size_t>(i)];
+  }
+}
+
 TEST(Fp4, HandExample) {
   // Group absmax 3 -> scale 0.5; x / 0.5 = 6, 2.5 (tie -> 2, even code 4), -0.25 (tie -> -0).
   std::vector<float> w(64, 0.0f);
