@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/minifloat.h"
+#include "formats/quant_common.h"
 #include "qforge/format.h"
 
 namespace qforge::formats::floatq {
@@ -25,51 +26,28 @@ inline float search_ratio(float clip_ratio, int k) {
   return clip_ratio * static_cast<float>(1.0 - 0.01 * k);
 }
 
-// Importance weights: one per element ([rows * cols]) or one per input column ([cols]).
-struct Importance {
-  const float* data = nullptr;
-  bool per_column = false;
-  int64_t cols = 0;
-  bool present() const { return data != nullptr; }
-  float at(int64_t flat_index) const { return per_column ? data[flat_index % cols] : data[flat_index]; }
-};
+// Importance weights come as formats::ImportanceView (quant_common.h): per element or per column.
+using Importance = ImportanceView;
 
-// Checks the options shared by every float quantizer and resolves the importance layout.
+// Checks the options shared by every float quantizer (quantize() checks them too; the reference
+// functions stay safe when called directly) and resolves the importance layout.
 inline Status check_options(const QuantizeOptions& o, int64_t rows, int64_t cols, Importance* imp) {
   if (!(o.clip_ratio > 0.0f && o.clip_ratio <= 1.0f))
     return invalid_argument("clip_ratio " + std::to_string(o.clip_ratio) + " is not in (0, 1]");
-  *imp = {};
+  *imp = ImportanceView(QuantizeOptions{}, rows, cols);
   if (o.importance == nullptr) return Status::ok();
   const auto n = static_cast<size_t>(rows * cols);
   if (o.importance_size != n && o.importance_size != static_cast<size_t>(cols))
     return invalid_argument("importance has " + std::to_string(o.importance_size) + " values; expected " +
                             std::to_string(n) + " (per element) or " + std::to_string(cols) + " (per column)");
-  imp->data = o.importance;
-  imp->per_column = o.importance_size != n;  // rows == 1: both layouts coincide
-  imp->cols = cols;
+  *imp = ImportanceView(o, rows, cols);
   return Status::ok();
 }
 
-// Canonical-looking label of the scheme's family for messages (the table's Scheme::name() is
-// not needed here, so these files do not depend on format_table.cpp).
-inline std::string family_label(const Scheme& s) {
-  switch (s.format) {
-    case FormatId::nf4: return s.double_quant ? "nf4-dq" : "nf4";
-    case FormatId::fp4_e2m1: return "fp4";
-    case FormatId::mxfp4: return "mxfp4";
-    case FormatId::nvfp4: return "nvfp4";
-    case FormatId::fp8_e4m3: return "fp8-e4m3";
-    case FormatId::fp8_e5m2: return "fp8-e5m2";
-    case FormatId::f16: return "f16";
-    case FormatId::bf16: return "bf16";
-    default: return "format " + std::to_string(static_cast<int>(s.format));
-  }
-}
-
 inline Status check_shape(const Scheme& s, int64_t rows, int64_t cols, int64_t group) {
-  if (rows <= 0 || cols <= 0) return invalid_argument(family_label(s) + ": empty shape");
+  if (rows <= 0 || cols <= 0) return invalid_argument(s.name() + ": empty shape");
   if (group > 0 && cols % group != 0)
-    return invalid_argument(family_label(s) + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
+    return invalid_argument(s.name() + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
                             std::to_string(group));
   return Status::ok();
 }

@@ -207,7 +207,7 @@ Status nf4_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int6
                         const QuantizeOptions& options, QuantizedTensor* out) {
   const int64_t group = group_of(scheme);
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, group));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const int64_t per_row = cols / group;
   const size_t row_bytes = nibble_row_bytes(cols);
