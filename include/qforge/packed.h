@@ -10,6 +10,9 @@
 //   {"format_version": 1, "qforge_version": "0.1.0", "command": "...",
 //    "tensors": {"W": {"scheme": "int4-g128-asym", "format_id": 2, "shape": [rows, cols],
 //                      "dtype_orig": "bf16"}, ...}}
+// An entry may add "transposed": true when the checkpoint stored the weight as [in, out] (GPT-2
+// Conv1D): the planes then hold its [out, in] transpose ("shape" is that of the transpose), and
+// dequantizing restores the stored [cols, rows] layout.
 // The manifest is untrusted on reading: unknown schemes, mismatched format ids, shapes that do not
 // match the planes and missing or unexpected planes are errors naming the tensor.
 #pragma once
@@ -42,6 +45,7 @@ struct PackedTensorInfo {
   int64_t rows = 0;
   int64_t cols = 0;
   DType dtype_orig = DType::f32;  // dtype of the weight before quantization
+  bool transposed = false;        // the original tensor is [cols, rows] (see above)
   uint64_t nbytes = 0;            // bytes of all its planes in the file
   double bits_per_weight() const {
     return rows > 0 && cols > 0 ? static_cast<double>(nbytes) * 8.0 / (static_cast<double>(rows) * cols) : 0.0;
@@ -70,7 +74,7 @@ class PackedWriter {
   Status add_plain_lazy(const std::string& name, DType dtype, const Shape& shape,
                         std::function<Status(uint8_t* out, size_t nbytes)> produce);
   // A quantized weight; its planes are copied to the spool now, so `q` may be freed afterwards.
-  Status add_quantized(const std::string& name, const QuantizedTensor& q, DType dtype_orig);
+  Status add_quantized(const std::string& name, const QuantizedTensor& q, DType dtype_orig, bool transposed = false);
 
   Status finish();
 

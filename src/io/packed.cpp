@@ -166,7 +166,8 @@ Status PackedWriter::read_spool(const Spooled& s, uint8_t* out, size_t nbytes) c
   return Status::ok();
 }
 
-Status PackedWriter::add_quantized(const std::string& name, const QuantizedTensor& q, DType dtype_orig) {
+Status PackedWriter::add_quantized(const std::string& name, const QuantizedTensor& q, DType dtype_orig,
+                                   bool transposed) {
   QFORGE_RETURN_IF_ERROR(check_new_name(name));
   for (const char* suffix : {kPlaneCodes, kPlaneScales, kPlaneZeros, kPlaneExtra})
     QFORGE_RETURN_IF_ERROR(check_new_name(name + suffix));
@@ -196,6 +197,7 @@ Status PackedWriter::add_quantized(const std::string& name, const QuantizedTenso
   info.rows = q.rows;
   info.cols = q.cols;
   info.dtype_orig = dtype_orig;
+  info.transposed = transposed;
   info.nbytes = q.nbytes();
   quantized_[name] = info;
   names_[name] = true;
@@ -223,6 +225,7 @@ Status PackedWriter::finish() {
                      {"format_id", static_cast<int>(info.scheme.format)},
                      {"shape", {info.rows, info.cols}},
                      {"dtype_orig", dtype_name(info.dtype_orig)}};
+    if (info.transposed) tensors[name]["transposed"] = true;
   }
   manifest["tensors"] = std::move(tensors);
   writer.set_metadata(kPackedMetadataKey, manifest.dump());
@@ -325,6 +328,10 @@ Expected<PackedFile> PackedFile::from_safetensors(SafetensorsFile file) {
       auto dtype = dtype_from_name(dtype_it->get<std::string>());
       if (!dtype) return fail("unknown dtype_orig '" + dtype_it->get<std::string>() + "'");
       info.dtype_orig = *dtype;
+      if (auto tr = entry.find("transposed"); tr != entry.end()) {
+        if (!tr->is_boolean()) return fail("'transposed' must be true or false");
+        info.transposed = tr->get<bool>();
+      }
 
       Expected<PlaneLayout> layout = plane_layout(info.scheme, info.rows, info.cols, name);
       if (!layout) return manifest_error(path, layout.status().message());

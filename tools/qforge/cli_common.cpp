@@ -69,37 +69,89 @@ Expected<std::optional<std::regex>> compile_regex(const std::string& pattern, co
   }
 }
 
-namespace {
-
-// Linear-layer weights of the transformer blocks (and the LM head when untied). Roles come from
-// the weight's place in the architecture: the projections of attention and MLP blocks.
-// TODO(h-engine): replace with qforge::tensor_roles once include/qforge/tensor_roles.h lands.
-bool is_linear_weight_name(const std::string& name) {
-  static const std::regex linear(
-      R"((^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv_proj|gate_up_proj|dense|fc1|fc2|c_attn|c_proj|c_fc|query|key|value|lm_head)\.weight$)");
-  return std::regex_search(name, linear);
+Expected<Architecture> checkpoint_architecture(const SafetensorsCheckpoint& ckpt) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path base(ckpt.path());
+  fs::path config = (fs::is_directory(base, ec) ? base : base.parent_path()) / "config.json";
+  if (fs::is_regular_file(config, ec)) return architecture_from_config_file(config.string());
+  const std::vector<std::string> names = ckpt.tensor_names();
+  for (Architecture arch : all_architectures()) {
+    if (role_templates(arch, TensorNaming::hf).empty()) continue;
+    bool all = !names.empty();
+    for (const auto& n : names)
+      if (!resolve_tensor_role(arch, n)) {
+        all = false;
+        break;
+      }
+    if (all) return arch;
+  }
+  return unsupported(ckpt.path() + ": no config.json beside it and its tensor names match no known architecture, "
+                                   "so its linear weights are unknown; select tensors with --filter");
 }
 
-}  // namespace
-
-Expected<std::vector<std::string>> select_tensors(const SafetensorsCheckpoint& ckpt, const Selection& selection,
-                                                  std::vector<std::string>* not_2d) {
-  std::vector<std::string> out;
+Expected<std::vector<SelectedTensor>> select_tensors(const SafetensorsCheckpoint& ckpt, const Selection& selection,
+                                                     std::vector<std::string>* not_2d) {
+  // With a filter the architecture is optional: it only tells which matches are transposed.
+  Expected<Architecture> arch = checkpoint_architecture(ckpt);
+  if (!arch && !selection.filter) return arch.status();
+  const bool transposed_arch = arch && linear_weights_transposed(*arch, TensorNaming::hf);
+  std::vector<SelectedTensor> out;
   for (const auto& name : ckpt.tensor_names()) {
     const SafetensorsTensorInfo* info = ckpt.find(name);
     if (info == nullptr) continue;
-    bool chosen = selection.filter ? std::regex_search(name, *selection.filter) : is_linear_weight_name(name);
+    bool linear = false;
+    if (arch) {
+      Expected<ResolvedTensor> role = resolve_tensor_role(*arch, name);
+      if (!role && !selection.filter)
+        return Status::error(role.status().code(), ckpt.path() + ": " + role.status().message() +
+                                                       " (select tensors by name with --filter)");
+      linear = role && !role->is_bias && is_linear_weight(role->role);
+    }
+    bool chosen = selection.filter ? std::regex_search(name, *selection.filter) : linear;
     if (!chosen) continue;
     if (selection.keep && std::regex_search(name, *selection.keep)) continue;
     if (info->shape.size() != 2) {
       if (not_2d) not_2d->push_back(name);
       continue;
     }
-    out.push_back(name);
+    out.push_back({name, linear && transposed_arch});
   }
-  std::sort(out.begin(), out.end(), natural_less);
+  std::sort(out.begin(), out.end(),
+            [](const SelectedTensor& a, const SelectedTensor& b) { return natural_less(a.name, b.name); });
   if (not_2d) std::sort(not_2d->begin(), not_2d->end(), natural_less);
   return out;
+}
+
+std::vector<float> transpose(const float* w, int64_t rows, int64_t cols) {
+  std::vector<float> t(static_cast<size_t>(rows * cols));
+  constexpr int64_t kTile = 32;  // cache blocking
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+      for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+          t[static_cast<size_t>(c * rows + r)] = w[r * cols + c];
+  return t;
+}
+
+Expected<WeightMatrix> load_weight_matrix(const SafetensorsCheckpoint& ckpt, const SelectedTensor& sel) {
+  QFORGE_ASSIGN_OR_RETURN(Tensor t, ckpt.tensor(sel.name));
+  if (t.ndim() != 2) return invalid_argument(ckpt.path() + ": tensor '" + sel.name + "' is not 2-D");
+  Expected<Tensor> f = t.to_f32();
+  if (!f) return f.status().with_context(ckpt.path() + ": tensor '" + sel.name + "'");
+  WeightMatrix m;
+  m.dtype = t.dtype();
+  m.stored_shape = t.shape();
+  if (sel.transposed) {
+    m.rows = t.dim(1);
+    m.cols = t.dim(0);
+    m.f32 = Tensor::from_f32({m.rows, m.cols}, transpose(f->data_as<float>(), t.dim(0), t.dim(1)));
+  } else {
+    m.rows = t.dim(0);
+    m.cols = t.dim(1);
+    m.f32 = std::move(*f);
+  }
+  return m;
 }
 
 Status check_output_path(const std::string& path, const std::string& option) {
@@ -232,55 +284,21 @@ void Table::print(std::FILE* out) const {
   }
 }
 
-namespace {
-std::mutex g_progress_mutex;
-}
-
 double now_seconds() {
   using clock = std::chrono::steady_clock;
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
-ProgressLine::ProgressLine(std::string label, int64_t total)
-    : label_(std::move(label)), total_(total), enabled_(::isatty(STDERR_FILENO) == 1), start_(now_seconds()) {}
-
-ProgressLine::~ProgressLine() { finish(); }
-
-void ProgressLine::tick(const std::string& item) {
-  std::lock_guard<std::mutex> lock(g_progress_mutex);
-  ++done_;
-  if (!enabled_ || finished_) return;
-  double t = now_seconds();
-  if (t - last_print_ < 0.1 && done_ < total_) return;
-  last_print_ = t;
-  std::fprintf(stderr, "\r\033[K%s: %lld/%lld %s", label_.c_str(), static_cast<long long>(done_),
-               static_cast<long long>(total_), item.c_str());
-  std::fflush(stderr);
-}
-
-void ProgressLine::finish() {
-  std::lock_guard<std::mutex> lock(g_progress_mutex);
-  if (finished_) return;
-  finished_ = true;
-  if (enabled_ && done_ > 0) {
-    std::fprintf(stderr, "\r\033[K");
-    std::fflush(stderr);
-  }
-}
-
 namespace {
-std::atomic<bool> g_interrupted{false};
-extern "C" void qforge_cli_on_signal(int) { g_interrupted.store(true); }
-}  // namespace
-
-void install_interrupt_handler() {
-  struct sigaction sa {};
-  sa.sa_handler = qforge_cli_on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+std::atomic<bool> g_progress_enabled{true};
 }
 
-bool interrupted() { return g_interrupted.load(std::memory_order_relaxed); }
+void set_progress_enabled(bool enabled) { g_progress_enabled.store(enabled); }
+
+Progress::Options progress_options() {
+  Progress::Options o;
+  o.quiet = !g_progress_enabled.load();
+  return o;
+}
 
 }  // namespace qforge::cli

@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "qforge/format.h"
+#include "qforge/progress.h"
 #include "qforge/safetensors.h"
 #include "qforge/status.h"
+#include "qforge/tensor_roles.h"
 
 namespace qforge::cli {
 
@@ -35,17 +37,39 @@ Expected<std::vector<Scheme>> parse_schemes(const std::vector<std::string>& name
 // Compiles a regex (ECMAScript, matched anywhere in the name); errors name the option.
 Expected<std::optional<std::regex>> compile_regex(const std::string& pattern, const std::string& option);
 
+// The architecture of a checkpoint: from config.json beside it (the directory's, or the file's
+// directory's) or, without one, the first architecture whose name table resolves every tensor.
+Expected<Architecture> checkpoint_architecture(const SafetensorsCheckpoint& ckpt);
+
 // Which tensors of a checkpoint a command works on.
 struct Selection {
   std::optional<std::regex> filter;  // replaces the default selection when set
   std::optional<std::regex> keep;    // excludes matching names
 };
-// The 2-D weights to quantize: by default the linear-layer weights (by tensor role); with a
-// filter, the tensors whose name matches it. `keep` removes names from either. Names are returned
-// in natural order (layers.2 before layers.10). Selected tensors that are not 2-D go to
-// `not_2d` (when given) instead.
-Expected<std::vector<std::string>> select_tensors(const SafetensorsCheckpoint& ckpt, const Selection& selection,
-                                                  std::vector<std::string>* not_2d = nullptr);
+struct SelectedTensor {
+  std::string name;
+  // The checkpoint stores this linear weight [in, out] (GPT-2 Conv1D): it is quantized as its
+  // transpose, so groups run along the input dimension as for every other model.
+  bool transposed = false;
+};
+// The 2-D weights to quantize: by default the linear-layer weights by tensor role (every tensor
+// must resolve to a role of the checkpoint's architecture); with a filter, the tensors whose name
+// matches it. `keep` removes names from either. Returned in natural order (layers.2 before
+// layers.10). Selected tensors that are not 2-D go to `not_2d` (when given) instead.
+Expected<std::vector<SelectedTensor>> select_tensors(const SafetensorsCheckpoint& ckpt, const Selection& selection,
+                                                     std::vector<std::string>* not_2d = nullptr);
+
+// [rows, cols] row-major -> its [cols, rows] transpose.
+std::vector<float> transpose(const float* w, int64_t rows, int64_t cols);
+// Loads a selected tensor as the f32 [rows, cols] matrix that is quantized (transposed if needed).
+struct WeightMatrix {
+  Tensor f32;  // contiguous f32 [rows, cols]
+  int64_t rows = 0, cols = 0;
+  const float* data() const { return f32.data_as<float>(); }
+  DType dtype = DType::f32;  // dtype in the checkpoint
+  Shape stored_shape;        // shape in the checkpoint
+};
+Expected<WeightMatrix> load_weight_matrix(const SafetensorsCheckpoint& ckpt, const SelectedTensor& t);
 
 // Checks that `path`'s directory exists, so commands fail before doing any work.
 Status check_output_path(const std::string& path, const std::string& option);
@@ -76,27 +100,9 @@ class Table {
   std::vector<std::vector<std::string>> rows_;  // an empty row is a separator
 };
 
-// Progress on stderr for long runs ("label: 12/56 name"), shown only when stderr is a terminal.
-class ProgressLine {
- public:
-  ProgressLine(std::string label, int64_t total);
-  ~ProgressLine();
-  void tick(const std::string& item = "");  // thread-safe
-  void finish();
-
- private:
-  std::string label_;
-  int64_t total_;
-  int64_t done_ = 0;
-  bool enabled_;
-  bool finished_ = false;
-  double start_;
-  double last_print_ = 0;
-};
-
-// SIGINT/SIGTERM set a flag that long loops poll, so they stop cleanly (no partial files).
-void install_interrupt_handler();
-bool interrupted();
+// Progress of the commands' long loops (stderr); the demo turns it off to keep its report tidy.
+void set_progress_enabled(bool enabled);
+Progress::Options progress_options();
 
 // Wall-clock seconds since an arbitrary start.
 double now_seconds();

@@ -1,6 +1,4 @@
 // qforge analyze PATH --scheme S...: quantize weights in memory and measure the reconstruction error.
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,6 +9,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "qforge/atomic_file.h"
+#include "qforge/parallel.h"
 
 namespace qforge::cli {
 
@@ -35,19 +34,20 @@ AnalyzeCell skipped_cell(std::string reason) {
 
 // Measures one tensor under every scheme. Errors that concern only this tensor/scheme pair
 // (shape incompatible, non-finite weights) become skipped cells; only I/O errors propagate.
-Status analyze_one(const SafetensorsCheckpoint& ckpt, const std::string& name, const std::vector<Scheme>& schemes,
+Status analyze_one(const SafetensorsCheckpoint& ckpt, const SelectedTensor& sel, const std::vector<Scheme>& schemes,
                    AnalyzeTensor* out) {
-  QFORGE_ASSIGN_OR_RETURN(Tensor raw, ckpt.tensor(name));
-  out->name = name;
-  out->shape = raw.shape();
+  out->name = sel.name;
+  out->shape = ckpt.find(sel.name)->shape;
+  out->transposed = sel.transposed;
   out->cells.assign(schemes.size(), AnalyzeCell{});
-  Expected<Tensor> f32 = raw.to_f32();
-  if (!f32) {
-    for (auto& c : out->cells) c = skipped_cell(f32.status().message());
+  Expected<WeightMatrix> m = load_weight_matrix(ckpt, sel);
+  if (!m) {
+    if (m.status().code() == ErrorCode::io_error) return m.status();
+    for (auto& c : out->cells) c = skipped_cell(m.status().message());
     return Status::ok();
   }
-  const int64_t rows = raw.dim(0), cols = raw.dim(1);
-  const float* w = f32->data_as<float>();
+  const int64_t rows = m->rows, cols = m->cols;
+  const float* w = m->data();
   const int64_t n = rows * cols;
   double signal = 0;
   for (int64_t i = 0; i < n; ++i) signal += static_cast<double>(w[i]) * w[i];
@@ -91,7 +91,7 @@ double finite_or_nan(double v) { return std::isfinite(v) ? v : std::numeric_limi
 
 }  // namespace
 
-Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const std::vector<std::string>& names,
+Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const std::vector<SelectedTensor>& names,
                                         const std::vector<Scheme>& schemes) {
   AnalyzeResult r;
   r.source = ckpt.path();
@@ -101,20 +101,18 @@ Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const
   std::vector<size_t> order(names.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return shape_numel(ckpt.find(names[a])->shape) > shape_numel(ckpt.find(names[b])->shape);
+    return shape_numel(ckpt.find(names[a].name)->shape) > shape_numel(ckpt.find(names[b].name)->shape);
   });
   std::vector<Status> status(names.size());
-  ProgressLine progress("analyze", static_cast<int64_t>(names.size()));
+  Progress progress("analyze", static_cast<int64_t>(names.size()), "tensors", progress_options());
   const int64_t count = static_cast<int64_t>(names.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < count; ++k) {
     size_t i = order[static_cast<size_t>(k)];
-    if (interrupted()) {
-      status[i] = cancelled("interrupted");
-      continue;
-    }
+    status[i] = check_interrupted("analyze");
+    if (!status[i]) continue;
     status[i] = analyze_one(ckpt, names[i], schemes, &r.tensors[i]);
-    progress.tick(names[i]);
+    progress.tick();
   }
   progress.finish();
   for (const auto& s : status) QFORGE_RETURN_IF_ERROR(s);
@@ -154,7 +152,8 @@ void print_analyze_tensors(const AnalyzeResult& r, std::FILE* out) {
     if (i > 0 && r.schemes.size() > 1) t.add_separator();
     for (size_t s = 0; s < r.schemes.size(); ++s) {
       const AnalyzeCell& c = tensor.cells[s];
-      std::vector<std::string> row = {s == 0 ? tensor.name : "", s == 0 ? shape_to_string(tensor.shape) : "",
+      std::string shape = shape_to_string(tensor.shape) + (tensor.transposed ? " (T)" : "");
+      std::vector<std::string> row = {s == 0 ? tensor.name : "", s == 0 ? shape : "",
                                       r.schemes[s].name()};
       if (c.skipped) {
         row.push_back("-");
@@ -172,6 +171,8 @@ void print_analyze_tensors(const AnalyzeResult& r, std::FILE* out) {
     }
   }
   t.print(out);
+  if (std::any_of(r.tensors.begin(), r.tensors.end(), [](const AnalyzeTensor& x) { return x.transposed; }))
+    std::fprintf(out, "  (T): stored [in, out]; quantized as its [out, in] transpose\n");
   for (const auto& note : skipped_notes) std::fprintf(out, "  %s\n", note.c_str());
 }
 
@@ -227,7 +228,8 @@ Status write_analyze_json(const AnalyzeResult& r, const std::string& path) {
       }
       results.push_back(std::move(cell));
     }
-    tensors.push_back({{"name", t.name}, {"shape", t.shape}, {"results", std::move(results)}});
+    tensors.push_back(
+        {{"name", t.name}, {"shape", t.shape}, {"transposed", t.transposed}, {"results", std::move(results)}});
   }
   j["tensors"] = std::move(tensors);
   json totals = json::array();
@@ -285,11 +287,12 @@ void add_analyze_command(CLI::App& app, int* exit_code) {
     sel.keep = *keep;
     if (!opt->json_out.empty())
       if (Status s = check_output_path(opt->json_out, "--json"); !s) return fail(s);
-    if (opt->threads > 0) omp_set_num_threads(opt->threads);
+    std::optional<ScopedThreadLimit> limit;
+    if (opt->threads > 0) limit.emplace(opt->threads);
 
     Expected<SafetensorsCheckpoint> ckpt = SafetensorsCheckpoint::open(opt->path);
     if (!ckpt) return fail(ckpt.status());
-    Expected<std::vector<std::string>> names = select_tensors(*ckpt, sel);
+    Expected<std::vector<SelectedTensor>> names = select_tensors(*ckpt, sel);
     if (!names) return fail(names.status());
     if (names->empty())
       return fail(invalid_argument(opt->path + ": no 2-D tensors selected" +

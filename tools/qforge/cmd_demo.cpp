@@ -1,8 +1,6 @@
 // qforge demo: writes a deterministic synthetic Llama-shaped checkpoint, measures the error of
 // several schemes on it, quantizes it to a packed file and dequantizes it back, checking that the
 // file round trip gives exactly the in-memory result.
-#include <omp.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +12,7 @@
 #include "commands.h"
 #include "qforge/atomic_file.h"
 #include "qforge/packed.h"
+#include "qforge/parallel.h"
 #include "qforge/safetensors.h"
 
 namespace qforge::cli {
@@ -271,6 +270,7 @@ Expected<int64_t> verify_round_trip(const std::string& source_dir, const std::st
 
 int run_demo(const std::string& out_dir, uint64_t seed, bool full) {
   const double start = now_seconds();
+  set_progress_enabled(false);  // the demo prints its own summary of each step
   Expected<std::vector<Scheme>> schemes = parse_schemes(kDemoSchemes, "demo scheme");
   if (!schemes) return report_error(schemes.status());
   namespace fs = std::filesystem;
@@ -293,7 +293,7 @@ int run_demo(const std::string& out_dir, uint64_t seed, bool full) {
 
   Expected<SafetensorsCheckpoint> ckpt = SafetensorsCheckpoint::open(model_dir);
   if (!ckpt) return report_error(ckpt.status());
-  Expected<std::vector<std::string>> names = select_tensors(*ckpt, Selection{});
+  Expected<std::vector<SelectedTensor>> names = select_tensors(*ckpt, Selection{});
   if (!names) return report_error(names.status());
   double t0 = now_seconds();
   Expected<AnalyzeResult> analysis = analyze_tensors(*ckpt, *names, *schemes);
@@ -353,7 +353,8 @@ void add_demo_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->callback([opt, exit_code] {
-    if (opt->threads > 0) omp_set_num_threads(opt->threads);
+    std::optional<ScopedThreadLimit> limit;
+    if (opt->threads > 0) limit.emplace(opt->threads);
     *exit_code = run_demo(opt->out, opt->seed, opt->full);
   });
 }

@@ -25,35 +25,40 @@ Expected<DequantizeSummary> dequantize_file(const std::string& input, const std:
   SafetensorsWriter writer(output);
   for (const auto& [k, v] : file->user_metadata()) writer.set_metadata(k, v);
   DequantizeSummary summary;
-  auto progress = std::make_shared<ProgressLine>("dequantize", static_cast<int64_t>(file->quantized().size()));
+  auto progress = std::make_shared<Progress>("dequantize", static_cast<int64_t>(file->quantized().size()), "tensors",
+                                             progress_options());
   for (const PackedTensorInfo& info : file->quantized()) {
     // Default: back to the dtype the weight had before quantization (floats only).
     DType out_dtype = dtype ? *dtype : (dtype_is_float(info.dtype_orig) ? info.dtype_orig : DType::f32);
     std::string name = info.name;
+    const bool transposed = info.transposed;
+    Shape shape = transposed ? Shape{info.cols, info.rows} : Shape{info.rows, info.cols};
     QFORGE_RETURN_IF_ERROR(writer.add_lazy(
-        name, out_dtype, {info.rows, info.cols}, [file, name, out_dtype, progress](uint8_t* out, size_t nbytes) {
-          if (interrupted()) return cancelled("interrupted");
+        name, out_dtype, shape,
+        [file, name, out_dtype, transposed, progress](uint8_t* out, size_t nbytes) -> Status {
+          QFORGE_RETURN_IF_ERROR(check_interrupted("dequantize"));
           QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, file->load_quantized(name));
           const size_t n = static_cast<size_t>(q.rows) * static_cast<size_t>(q.cols);
           if (nbytes != n * dtype_size(out_dtype))
             return Status::error(ErrorCode::internal, "tensor '" + name + "': output size mismatch");
-          Status st;
-          if (out_dtype == DType::f32) {
-            st = dequantize(q, reinterpret_cast<float*>(out));
+          const std::string context = file->path() + ": tensor '" + name + "'";
+          if (out_dtype == DType::f32 && !transposed) {
+            QFORGE_RETURN_IF_ERROR(dequantize(q, reinterpret_cast<float*>(out)).with_context(context));
           } else {
             std::vector<float> values(n);
-            st = dequantize(q, values.data());
-            if (st) st = convert_from_f32(out_dtype, values.data(), out, n);
+            QFORGE_RETURN_IF_ERROR(dequantize(q, values.data()).with_context(context));
+            if (transposed) values = transpose(values.data(), q.rows, q.cols);
+            QFORGE_RETURN_IF_ERROR(convert_from_f32(out_dtype, values.data(), out, n).with_context(context));
           }
-          progress->tick(name);
-          return st.with_context(file->path() + ": tensor '" + name + "'");
+          progress->tick();
+          return Status::ok();
         }));
     summary.dequantized_tensors += 1;
   }
   for (const auto& name : file->plain_names()) {
     QFORGE_ASSIGN_OR_RETURN(Tensor t, file->plain(name));
     QFORGE_RETURN_IF_ERROR(writer.add_lazy(name, t.dtype(), t.shape(), [t](uint8_t* out, size_t nbytes) -> Status {
-      if (interrupted()) return cancelled("interrupted");
+      QFORGE_RETURN_IF_ERROR(check_interrupted("dequantize"));
       std::memcpy(out, t.data(), nbytes);
       return Status::ok();
     }));
@@ -61,10 +66,7 @@ Expected<DequantizeSummary> dequantize_file(const std::string& input, const std:
   }
   Status st = writer.finish();
   progress->finish();
-  if (!st) {
-    if (interrupted()) return cancelled("interrupted; nothing was written to " + output);
-    return st;
-  }
+  QFORGE_RETURN_IF_ERROR(st);
   summary.output_bytes = static_cast<uint64_t>(std::filesystem::file_size(output, ec));
   summary.seconds = now_seconds() - start;
   return summary;

@@ -1,6 +1,5 @@
 // qforge quantize PATH --scheme S --out OUT: weight-only round-to-nearest quantization of the
 // linear weights into qforge's packed safetensors layout.
-#include <omp.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -12,6 +11,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "qforge/packed.h"
+#include "qforge/parallel.h"
 
 namespace qforge::cli {
 namespace {
@@ -31,7 +31,7 @@ bool same_file(const std::string& a, const std::string& b) {
 // an interrupt is noticed.
 Status add_plain_copy(PackedWriter& writer, const std::string& name, const Tensor& t) {
   return writer.add_plain_lazy(name, t.dtype(), t.shape(), [t](uint8_t* out, size_t nbytes) -> Status {
-    if (interrupted()) return cancelled("interrupted");
+    QFORGE_RETURN_IF_ERROR(check_interrupted("quantize"));
     if (nbytes != t.nbytes()) return Status::error(ErrorCode::internal, "plain tensor size changed");
     std::memcpy(out, t.data(), nbytes);
     return Status::ok();
@@ -50,7 +50,7 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
     return invalid_argument(req.input + " is already a qforge packed file (run 'qforge dequantize' first)");
 
   std::vector<std::string> not_2d;
-  QFORGE_ASSIGN_OR_RETURN(std::vector<std::string> selected, select_tensors(ckpt, req.selection, &not_2d));
+  QFORGE_ASSIGN_OR_RETURN(std::vector<SelectedTensor> selected, select_tensors(ckpt, req.selection, &not_2d));
   if (!not_2d.empty() && req.selection.filter) {
     std::string list;
     for (const auto& n : not_2d) list += (list.empty() ? "" : ", ") + n;
@@ -66,16 +66,19 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
   for (const auto& f : ckpt.files()) summary.input_bytes += f.file_size();
 
   // Weights the scheme cannot represent (e.g. group size not dividing the columns) stay as they are.
-  std::vector<std::string> to_quantize;
-  for (const auto& name : selected) {
-    const SafetensorsTensorInfo* info = ckpt.find(name);
-    if (Status v = validate_scheme(req.scheme, info->shape[0], info->shape[1]); !v) {
-      summary.kept_incompatible.push_back(name + " (" + v.message() + ")");
+  std::vector<SelectedTensor> to_quantize;
+  std::set<std::string> quantized_set;
+  for (const auto& sel : selected) {
+    const SafetensorsTensorInfo* info = ckpt.find(sel.name);
+    const int64_t rows = sel.transposed ? info->shape[1] : info->shape[0];
+    const int64_t cols = sel.transposed ? info->shape[0] : info->shape[1];
+    if (Status v = validate_scheme(req.scheme, rows, cols); !v) {
+      summary.kept_incompatible.push_back(sel.name + " (" + v.message() + ")");
       continue;
     }
-    to_quantize.push_back(name);
+    to_quantize.push_back(sel);
+    quantized_set.insert(sel.name);
   }
-  std::set<std::string> quantized_set(to_quantize.begin(), to_quantize.end());
 
   PackedWriter writer(req.output);
   writer.set_command(command_line());
@@ -83,42 +86,38 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
 
   // Quantize in parallel; planes enter the writer in selection order (ordered region), so the file
   // does not depend on the thread count, and at most ~one tensor per thread is held in memory.
-  ProgressLine progress("quantize", static_cast<int64_t>(to_quantize.size()));
+  Progress progress("quantize", static_cast<int64_t>(to_quantize.size()), "tensors", progress_options());
   Status first_error;  // written only inside the ordered region
   std::atomic<bool> failed{false};
   const int64_t count = static_cast<int64_t>(to_quantize.size());
 #pragma omp parallel for ordered schedule(dynamic, 1)
   for (int64_t i = 0; i < count; ++i) {
-    const std::string& name = to_quantize[static_cast<size_t>(i)];
-    Status st;
-    Expected<QuantizedTensor> q = Status::error(ErrorCode::cancelled, "interrupted");
+    const SelectedTensor& sel = to_quantize[static_cast<size_t>(i)];
+    Expected<QuantizedTensor> q = cancelled("quantize: interrupted");
     DType dtype = DType::f32;
     if (!failed.load() && !interrupted()) {
-      Expected<Tensor> t = ckpt.tensor(name);
-      if (!t) {
-        q = t.status();
+      Expected<WeightMatrix> m = load_weight_matrix(ckpt, sel);
+      if (!m) {
+        q = m.status();
       } else {
-        dtype = t->dtype();
-        Expected<Tensor> f = t->to_f32();
-        if (!f)
-          q = f.status().with_context("tensor '" + name + "'");
-        else
-          q = quantize(req.scheme, f->data_as<float>(), t->dim(0), t->dim(1));
-        if (!q) q = q.status().with_context(req.input + ": tensor '" + name + "'");
+        dtype = m->dtype;
+        q = quantize(req.scheme, m->data(), m->rows, m->cols);
+        if (!q) q = q.status().with_context(req.input + ": tensor '" + sel.name + "'");
       }
     }
 #pragma omp ordered
     {
       if (!failed.load()) {
-        st = q ? writer.add_quantized(name, *q, dtype) : q.status();
+        Status st = q ? writer.add_quantized(sel.name, *q, dtype, sel.transposed) : q.status();
         if (st) {
+          const uint64_t in_bytes = ckpt.find(sel.name)->end - ckpt.find(sel.name)->begin;
           summary.quantized_tensors += 1;
           summary.quantized_elements += q->rows * q->cols;
-          summary.quantized_bytes_in += ckpt.find(name)->end - ckpt.find(name)->begin;
+          summary.quantized_bytes_in += in_bytes;
           summary.quantized_bytes_out += q->nbytes();
           if (req.verbose)
-            std::printf("  %-60s %-16s %s -> %s\n", name.c_str(), shape_to_string({q->rows, q->cols}).c_str(),
-                        format_bytes(ckpt.find(name)->end - ckpt.find(name)->begin).c_str(),
+            std::printf("  %-56s %-14s %s -> %s\n", sel.name.c_str(),
+                        shape_to_string(ckpt.find(sel.name)->shape).c_str(), format_bytes(in_bytes).c_str(),
                         format_bytes(q->nbytes()).c_str());
         } else {
           first_error = st;
@@ -126,11 +125,11 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
         }
       }
     }
-    progress.tick(name);
+    progress.tick();
   }
   progress.finish();
-  if (failed) return first_error;
-  if (interrupted()) return cancelled("interrupted; nothing was written to " + req.output);
+  if (failed.load()) return first_error;
+  QFORGE_RETURN_IF_ERROR(check_interrupted("quantize"));
 
   for (const auto& name : ckpt.tensor_names()) {
     if (quantized_set.count(name)) continue;
@@ -138,11 +137,7 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
     QFORGE_RETURN_IF_ERROR(add_plain_copy(writer, name, t));
     summary.plain_tensors += 1;
   }
-  Status st = writer.finish();
-  if (!st) {
-    if (interrupted()) return cancelled("interrupted; nothing was written to " + req.output);
-    return st;
-  }
+  QFORGE_RETURN_IF_ERROR(writer.finish());
   summary.output_bytes = file_size_or_zero(req.output);
   summary.seconds = now_seconds() - start;
   return summary;
@@ -203,7 +198,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     if (!keep) return fail(keep.status());
     req.selection.filter = *filter;
     req.selection.keep = *keep;
-    if (opt->threads > 0) omp_set_num_threads(opt->threads);
+    std::optional<ScopedThreadLimit> limit;
+    if (opt->threads > 0) limit.emplace(opt->threads);
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);

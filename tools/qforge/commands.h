@@ -38,7 +38,8 @@ struct AnalyzeCell {
 
 struct AnalyzeTensor {
   std::string name;
-  Shape shape;
+  Shape shape;  // as stored in the checkpoint
+  bool transposed = false;  // quantized as its transpose (see SelectedTensor)
   std::vector<AnalyzeCell> cells;  // one per scheme, in the order given
 };
 
@@ -64,7 +65,7 @@ struct AnalyzeResult {
 
 // Quantizes each named tensor in memory with each scheme (OpenMP over tensors; the result does
 // not depend on the thread count).
-Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const std::vector<std::string>& names,
+Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const std::vector<SelectedTensor>& tensors,
                                         const std::vector<Scheme>& schemes);
 void print_analyze_tensors(const AnalyzeResult& r, std::FILE* out);
 void print_analyze_totals(const AnalyzeResult& r, std::FILE* out);

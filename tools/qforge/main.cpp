@@ -7,6 +7,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "qforge/progress.h"
 
 int main(int argc, char** argv) {
   using namespace qforge::cli;
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   add_demo_command(app, &exit_code);
 
   set_command_line(argc, argv);
-  install_interrupt_handler();
+  qforge::install_interrupt_handler();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
