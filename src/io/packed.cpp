@@ -17,47 +17,38 @@ namespace {
 
 using json = nlohmann::json;
 
-// The plane layout of a quantized tensor, derived from the scheme and shape only.
+// The plane layout of a quantized tensor, derived from the scheme and shape only (the format
+// table's scheme_plane_sizes is the single source of truth for the sizes).
 struct PlaneLayout {
-  uint64_t codes_bytes = 0;  // rows * packed_row_bytes
-  uint64_t row_bytes = 0;
+  PlaneSizes sizes;
+  uint64_t row_bytes = 0;      // codes bytes per row
   int64_t groups_per_row = 0;
-  uint64_t n_scales = 0;  // rows * groups_per_row, or 1 per tensor
+  uint64_t n_scales = 0;       // rows * groups_per_row, or 1 per tensor
+  DType scales_dtype = DType::u8;
 };
 
 Expected<PlaneLayout> plane_layout(const Scheme& scheme, int64_t rows, int64_t cols, const std::string& name) {
-  if (rows <= 0 || cols <= 0)
-    return invalid_argument("tensor '" + name + "': shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
-                            "] must be positive");
-  // Bound both dimensions so the products below cannot overflow.
-  constexpr int64_t kMaxDim = int64_t{1} << 31;
-  if (rows > kMaxDim || cols > kMaxDim)
-    return out_of_range("tensor '" + name + "': shape [" + std::to_string(rows) + ", " + std::to_string(cols) +
-                        "] is too large");
+  // validate_scheme bounds rows * cols, so the sizes below cannot overflow.
   QFORGE_RETURN_IF_ERROR(validate_scheme(scheme, rows, cols).with_context("tensor '" + name + "'"));
   QuantizedTensor shell;
   shell.scheme = scheme;
   shell.rows = rows;
   shell.cols = cols;
   PlaneLayout l;
+  l.sizes = scheme_plane_sizes(scheme, rows, cols);
   l.row_bytes = shell.packed_row_bytes();
-  l.codes_bytes = static_cast<uint64_t>(rows) * l.row_bytes;
   l.groups_per_row = shell.groups_per_row();
   l.n_scales = scheme.granularity == Granularity::tensor ? 1 : static_cast<uint64_t>(rows) * l.groups_per_row;
+  // The scales plane carries the format's scale dtype when it holds one such value per group, raw
+  // U8 otherwise (e.g. NF4 double quant stores 8-bit codes of the scales).
+  const DType d = format_traits(scheme.format).scale_dtype;
+  l.scales_dtype = l.sizes.scales == l.n_scales * dtype_size(d) ? d : DType::u8;
   return l;
 }
 
-// The dtype the scales plane is stored with: the format's scale dtype, or raw U8 when the plane's
-// size is not a whole number of scale values (formats whose scales are themselves packed).
-DType scales_plane_dtype(const Scheme& scheme, uint64_t nbytes) {
-  DType d = format_traits(scheme.format).scale_dtype;
-  return nbytes % dtype_size(d) == 0 ? d : DType::u8;
-}
-
-Shape scales_plane_shape(const PlaneLayout& l, DType dtype, uint64_t nbytes, int64_t rows) {
-  uint64_t n = nbytes / dtype_size(dtype);
-  if (l.n_scales == n && l.n_scales == static_cast<uint64_t>(rows) * l.groups_per_row && rows > 1)
-    return {rows, l.groups_per_row};
+Shape scales_plane_shape(const PlaneLayout& l, int64_t rows) {
+  const uint64_t n = l.sizes.scales / dtype_size(l.scales_dtype);
+  if (n == l.n_scales && l.groups_per_row > 1) return {rows, l.groups_per_row};
   return {static_cast<int64_t>(n)};
 }
 
@@ -77,7 +68,6 @@ struct PackedWriter::Entry {
   // quantized: where its planes are in the spool.
   int64_t rows = 0;
   PlaneLayout layout;
-  DType scales_dtype = DType::u8;
   Spooled codes{}, scales{}, zeros{}, extra{};
 };
 
@@ -172,20 +162,22 @@ Status PackedWriter::add_quantized(const std::string& name, const QuantizedTenso
   for (const char* suffix : {kPlaneCodes, kPlaneScales, kPlaneZeros, kPlaneExtra})
     QFORGE_RETURN_IF_ERROR(check_new_name(name + suffix));
   QFORGE_ASSIGN_OR_RETURN(PlaneLayout layout, plane_layout(q.scheme, q.rows, q.cols, name));
-  if (q.codes.size() != layout.codes_bytes)
-    return invalid_argument(path_ + ": tensor '" + name + "': codes plane has " + std::to_string(q.codes.size()) +
-                            " bytes, expected " + std::to_string(layout.codes_bytes));
-  if (q.scales.empty()) return invalid_argument(path_ + ": tensor '" + name + "': empty scales plane");
-  const bool has_zero_point = format_traits(q.scheme.format).zero_point;
-  if (has_zero_point != !q.zeros.empty())
-    return invalid_argument(path_ + ": tensor '" + name + "': zeros plane " +
-                            (has_zero_point ? "missing for a zero-point format" : "present for a symmetric format"));
+  const struct {
+    const char* plane;
+    size_t have, want;
+  } planes[] = {{"codes", q.codes.size(), layout.sizes.codes},
+                {"scales", q.scales.size(), layout.sizes.scales},
+                {"zeros", q.zeros.size(), layout.sizes.zeros},
+                {"extra", q.extra.size(), layout.sizes.extra}};
+  for (const auto& pl : planes)
+    if (pl.have != pl.want)
+      return invalid_argument(path_ + ": tensor '" + name + "': " + pl.plane + " plane has " + std::to_string(pl.have) +
+                              " bytes, " + q.scheme.name() + " needs " + std::to_string(pl.want));
   auto p = std::make_unique<Entry>();
   p->kind = Entry::Kind::quantized;
   p->name = name;
   p->rows = q.rows;
   p->layout = layout;
-  p->scales_dtype = scales_plane_dtype(q.scheme, q.scales.size());
   QFORGE_ASSIGN_OR_RETURN(p->codes, spool(q.codes));
   QFORGE_ASSIGN_OR_RETURN(p->scales, spool(q.scales));
   QFORGE_ASSIGN_OR_RETURN(p->zeros, spool(q.zeros));
@@ -202,7 +194,7 @@ Status PackedWriter::add_quantized(const std::string& name, const QuantizedTenso
   quantized_[name] = info;
   names_[name] = true;
   names_[name + kPlaneCodes] = true;
-  names_[name + kPlaneScales] = true;
+  if (!q.scales.empty()) names_[name + kPlaneScales] = true;
   if (!q.zeros.empty()) names_[name + kPlaneZeros] = true;
   if (!q.extra.empty()) names_[name + kPlaneExtra] = true;
   entries_.push_back(std::move(p));
@@ -245,12 +237,13 @@ Status PackedWriter::finish() {
     };
     QFORGE_RETURN_IF_ERROR(writer.add_lazy(p->name + kPlaneCodes, DType::u8,
                                            {p->rows, static_cast<int64_t>(p->layout.row_bytes)}, from_spool(p->codes)));
-    QFORGE_RETURN_IF_ERROR(writer.add_lazy(p->name + kPlaneScales, p->scales_dtype,
-                                           scales_plane_shape(p->layout, p->scales_dtype, p->scales.nbytes, p->rows),
-                                           from_spool(p->scales)));
+    if (p->scales.nbytes > 0)
+      QFORGE_RETURN_IF_ERROR(writer.add_lazy(p->name + kPlaneScales, p->layout.scales_dtype,
+                                             scales_plane_shape(p->layout, p->rows), from_spool(p->scales)));
     if (p->zeros.nbytes > 0)
       QFORGE_RETURN_IF_ERROR(writer.add_lazy(p->name + kPlaneZeros, DType::u8,
-                                             scales_plane_shape(p->layout, DType::u8, p->zeros.nbytes, p->rows),
+                                             p->layout.groups_per_row > 1 ? Shape{p->rows, p->layout.groups_per_row}
+                                                                          : Shape{static_cast<int64_t>(p->zeros.nbytes)},
                                              from_spool(p->zeros)));
     if (p->extra.nbytes > 0)
       QFORGE_RETURN_IF_ERROR(writer.add_lazy(p->name + kPlaneExtra, DType::u8,
@@ -337,43 +330,35 @@ Expected<PackedFile> PackedFile::from_safetensors(SafetensorsFile file) {
       if (!layout) return manifest_error(path, layout.status().message());
       if (pf.file_.find(name) != nullptr) return fail("also stored as a plain tensor");
 
-      // Planes: presence, dtype and the sizes that follow from the shape alone.
-      const bool zero_point = format_traits(info.scheme.format).zero_point;
-      const auto* codes = pf.file_.find(name + kPlaneCodes);
-      const auto* scales = pf.file_.find(name + kPlaneScales);
-      const auto* zeros = pf.file_.find(name + kPlaneZeros);
-      const auto* extra = pf.file_.find(name + kPlaneExtra);
-      if (codes == nullptr) return fail("plane '" + name + kPlaneCodes + "' is missing");
-      if (scales == nullptr) return fail("plane '" + name + kPlaneScales + "' is missing");
-      if (zero_point && zeros == nullptr) return fail("plane '" + name + kPlaneZeros + "' is missing");
-      if (!zero_point && zeros != nullptr)
-        return fail("unexpected plane '" + name + kPlaneZeros + "' for symmetric scheme " + info.scheme.name());
-      uint64_t codes_bytes = codes->end - codes->begin;
-      if (codes->dtype != DType::u8) return fail("codes plane must be U8");
-      if (codes_bytes != layout->codes_bytes)
-        return fail("codes plane has " + std::to_string(codes_bytes) + " bytes but shape [" +
-                    std::to_string(info.rows) + ", " + std::to_string(info.cols) + "] with " + info.scheme.name() +
-                    " needs " + std::to_string(layout->codes_bytes));
-      uint64_t scales_bytes = scales->end - scales->begin;
-      if (scales_bytes == 0) return fail("scales plane is empty");
-      if (scales->dtype != scales_plane_dtype(info.scheme, scales_bytes))
-        return fail(std::string("scales plane has dtype ") + dtype_name(scales->dtype) + ", expected " +
-                    dtype_name(scales_plane_dtype(info.scheme, scales_bytes)));
-      uint64_t zeros_bytes = 0;
-      if (zeros != nullptr) {
-        if (zeros->dtype != DType::u8) return fail("zeros plane must be U8");
-        zeros_bytes = zeros->end - zeros->begin;
+      // Planes: each present exactly when the scheme has it, with the exact size and dtype.
+      uint64_t total = 0;
+      const struct {
+        const char* suffix;
+        size_t want;
+        DType dtype;
+      } plane_specs[] = {{kPlaneCodes, layout->sizes.codes, DType::u8},
+                         {kPlaneScales, layout->sizes.scales, layout->scales_dtype},
+                         {kPlaneZeros, layout->sizes.zeros, DType::u8},
+                         {kPlaneExtra, layout->sizes.extra, DType::u8}};
+      for (const auto& spec : plane_specs) {
+        const std::string plane = name + spec.suffix;
+        const SafetensorsTensorInfo* t = pf.file_.find(plane);
+        if (spec.want == 0) {
+          if (t != nullptr) return fail("unexpected plane '" + plane + "' (" + info.scheme.name() + " has none)");
+          continue;
+        }
+        if (t == nullptr) return fail("plane '" + plane + "' is missing");
+        if (t->dtype != spec.dtype)
+          return fail("plane '" + plane + "' has dtype " + dtype_name(t->dtype) + ", expected " + dtype_name(spec.dtype));
+        const uint64_t have = t->end - t->begin;
+        if (have != spec.want)
+          return fail("plane '" + plane + "' has " + std::to_string(have) + " bytes but " + info.scheme.name() +
+                      " on [" + std::to_string(info.rows) + ", " + std::to_string(info.cols) + "] needs " +
+                      std::to_string(spec.want));
+        total += have;
+        planes.insert(plane);
       }
-      uint64_t extra_bytes = 0;
-      if (extra != nullptr) {
-        if (extra->dtype != DType::u8) return fail("extra plane must be U8");
-        extra_bytes = extra->end - extra->begin;
-      }
-      info.nbytes = codes_bytes + scales_bytes + zeros_bytes + extra_bytes;
-      planes.insert(name + kPlaneCodes);
-      planes.insert(name + kPlaneScales);
-      if (zeros != nullptr) planes.insert(name + kPlaneZeros);
-      if (extra != nullptr) planes.insert(name + kPlaneExtra);
+      info.nbytes = total;
       pf.quantized_.push_back(std::move(info));
     }
   }

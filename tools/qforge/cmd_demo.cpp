@@ -315,8 +315,9 @@ int run_demo(const std::string& out_dir, uint64_t seed, bool full) {
   req.scheme = *Scheme::parse(kDemoQuantizeScheme);
   Expected<QuantizeSummary> qs = quantize_checkpoint(req);
   if (!qs) return report_error(qs.status());
-  std::printf("[3/4] quantize: ");
-  print_quantize_summary(req, *qs, stdout);
+  std::printf("[3/4] quantize --scheme %s --out %s\n", kDemoQuantizeScheme, req.output.c_str());
+  print_quantize_summary(req, *qs, stdout, "      ");
+  std::printf("\n");
 
   const std::string dequant_path =
       (fs::path(out_dir) / (std::string("model-") + kDemoQuantizeScheme + "-dequantized.safetensors")).string();
@@ -324,8 +325,9 @@ int run_demo(const std::string& out_dir, uint64_t seed, bool full) {
   if (!ds) return report_error(ds.status());
   Expected<int64_t> checked = verify_round_trip(model_dir, dequant_path, req.output, req.scheme);
   if (!checked) return report_error(checked.status());
-  std::printf("[4/4] dequantize: wrote %s (f32, %s); %lld quantized tensors bit-identical to the in-memory\n"
-              "      quantize/dequantize, %lld other tensors unchanged\n\n",
+  std::printf("[4/4] dequantize --dtype f32 --out %s (%s)\n"
+              "      round trip: %lld quantized tensors bit-identical to the in-memory quantize/dequantize,\n"
+              "      %lld other tensors unchanged\n\n",
               dequant_path.c_str(), format_bytes(ds->output_bytes).c_str(), static_cast<long long>(*checked),
               static_cast<long long>(ds->plain_tensors));
 

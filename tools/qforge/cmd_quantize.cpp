@@ -143,16 +143,16 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
   return summary;
 }
 
-void print_quantize_summary(const QuantizeRequest& req, const QuantizeSummary& s, std::FILE* out) {
+void print_quantize_summary(const QuantizeRequest& req, const QuantizeSummary& s, std::FILE* out, const char* indent) {
   for (const auto& k : s.kept_incompatible) warn("kept unquantized: " + k);
-  std::fprintf(out, "quantized %lld tensors (%s parameters) with %s: %s -> %s (%.3f bits/weight)\n",
-               static_cast<long long>(s.quantized_tensors),
+  std::fprintf(out, "%squantized %lld tensors (%s parameters) with %s: %s -> %s (%.3f bits/weight)\n",
+               indent, static_cast<long long>(s.quantized_tensors),
                format_count(static_cast<uint64_t>(s.quantized_elements)).c_str(), req.scheme.name().c_str(),
                format_bytes(s.quantized_bytes_in).c_str(), format_bytes(s.quantized_bytes_out).c_str(),
                s.quantized_elements > 0
                    ? 8.0 * static_cast<double>(s.quantized_bytes_out) / static_cast<double>(s.quantized_elements)
                    : 0.0);
-  std::fprintf(out, "kept %lld tensors as they were; wrote %s (%s, input %s, %.2fx smaller) in %s\n",
+  std::fprintf(out, "%skept %lld tensors as they were; wrote %s (%s, input %s, %.2fx smaller) in %s\n", indent,
                static_cast<long long>(s.plain_tensors), req.output.c_str(), format_bytes(s.output_bytes).c_str(),
                format_bytes(s.input_bytes).c_str(),
                s.output_bytes > 0 ? static_cast<double>(s.input_bytes) / static_cast<double>(s.output_bytes) : 0.0,

@@ -94,7 +94,8 @@ struct QuantizeSummary {
 };
 
 Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& request);
-void print_quantize_summary(const QuantizeRequest& request, const QuantizeSummary& s, std::FILE* out);
+void print_quantize_summary(const QuantizeRequest& request, const QuantizeSummary& s, std::FILE* out,
+                            const char* indent = "");
 
 // ---- dequantize -------------------------------------------------------------------------------
 
