@@ -22,6 +22,11 @@ void ternary_dequantize_ref(const QuantizedTensor&, float*);
 double binary_error_bound(const Scheme&);
 double ternary_error_bound(const Scheme&);
 
+// passthrough.cpp (f32: codes hold the f32 values unchanged)
+Status f32_quantize_ref(const Scheme&, const float*, int64_t, int64_t, const QuantizeOptions&, QuantizedTensor*);
+void f32_dequantize_ref(const QuantizedTensor&, float*);
+double f32_error_bound(const Scheme&);
+
 // nf4.cpp
 extern const float kNf4Codebook[16];  // the published NormalFloat4 values, ascending
 Status nf4_quantize_ref(const Scheme&, const float*, int64_t, int64_t, const QuantizeOptions&, QuantizedTensor*);
