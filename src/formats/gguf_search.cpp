@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "qforge/dtype.h"
+#include "qforge/parallel.h"
 
 namespace qforge::formats::gguf {
 
@@ -84,44 +85,39 @@ Status quantize_blocks(const char* format, int block, int block_bytes, double bo
   out->zeros.clear();
   out->extra.clear();
 
-  // First failing block per row (-1: none); reported for the lowest row, independent of threads.
-  std::vector<int64_t> failed(static_cast<size_t>(rows), -1);
-  std::vector<float> failed_absmax(static_cast<size_t>(rows), 0.0f);
   const float clip_ratio = options.clip_ratio;
-
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t r = 0; r < rows; ++r) {
+  // One row per chunk; the error of the lowest failing row is reported, whatever the threads.
+  const Status st = parallel_for_status(rows, 1, [&](int64_t, int64_t row_begin, int64_t row_end) -> Status {
     std::vector<float> x(static_cast<size_t>(block)), wt(static_cast<size_t>(block));
-    for (int64_t b = 0; b < blocks_per_row; ++b) {
-      const int64_t base = r * cols + b * block;
-      std::memcpy(x.data(), w + base, sizeof(float) * static_cast<size_t>(block));
-      clip_block(x.data(), block, clip_ratio);
-      double wsum = 0;
-      if (importance != nullptr) {
-        const float* src = per_column ? importance + b * block : importance + base;
-        for (int i = 0; i < block; ++i) {
-          wt[static_cast<size_t>(i)] = src[i];
-          wsum += src[i];
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      for (int64_t b = 0; b < blocks_per_row; ++b) {
+        const int64_t base = r * cols + b * block;
+        std::memcpy(x.data(), w + base, sizeof(float) * static_cast<size_t>(block));
+        clip_block(x.data(), block, clip_ratio);
+        double wsum = 0;
+        if (importance != nullptr) {
+          const float* src = per_column ? importance + b * block : importance + base;
+          for (int i = 0; i < block; ++i) {
+            wt[static_cast<size_t>(i)] = src[i];
+            wsum += src[i];
+          }
+        }
+        if (!(wsum > 0)) std::fill(wt.begin(), wt.end(), 1.0f);  // no (or all-zero) importance: uniform
+        float absmax = 0;
+        for (float v : x) absmax = std::max(absmax, std::fabs(v));
+        const float max_err = static_cast<float>(bound * absmax);
+        uint8_t* dst = out->codes.data() + r * row_bytes + b * block_bytes;
+        if (!encode(x.data(), wt.data(), max_err, dst)) {
+          return invalid_argument(fmt::format(
+              "{}: row {}, block {} (absmax {}) is out of the range of the format's f16 scale", format, r, b, absmax));
         }
       }
-      if (!(wsum > 0)) std::fill(wt.begin(), wt.end(), 1.0f);  // no (or all-zero) importance: uniform
-      float absmax = 0;
-      for (float v : x) absmax = std::max(absmax, std::fabs(v));
-      const float max_err = static_cast<float>(bound * absmax);
-      uint8_t* dst = out->codes.data() + r * row_bytes + b * block_bytes;
-      if (!encode(x.data(), wt.data(), max_err, dst) && failed[static_cast<size_t>(r)] < 0) {
-        failed[static_cast<size_t>(r)] = b;
-        failed_absmax[static_cast<size_t>(r)] = absmax;
-      }
     }
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    if (failed[static_cast<size_t>(r)] >= 0) {
-      out->codes.clear();
-      return invalid_argument(fmt::format(
-          "{}: row {}, block {} (absmax {}) is out of the range of the format's f16 scale", format, r,
-          failed[static_cast<size_t>(r)], failed_absmax[static_cast<size_t>(r)]));
-    }
+    return Status::ok();
+  });
+  if (!st.is_ok()) {
+    out->codes.clear();
+    return st;
   }
   return Status::ok();
 }
@@ -130,8 +126,9 @@ void dequantize_blocks(const QuantizedTensor& q, int block, int block_bytes, Dec
   QFORGE_CHECK(q.rows >= 0 && q.cols >= 0 && q.cols % block == 0);
   const int64_t nblocks = q.rows * (q.cols / block);
   QFORGE_CHECK(q.codes.size() == static_cast<size_t>(nblocks * block_bytes));
-#pragma omp parallel for schedule(static) if (nblocks > 4096)
-  for (int64_t i = 0; i < nblocks; ++i) decode(q.codes.data() + i * block_bytes, out + i * block);
+  parallel_for(nblocks, 4096, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) decode(q.codes.data() + i * block_bytes, out + i * block);
+  });
 }
 
 // ---- Symmetric levels -----------------------------------------------------------------------
