@@ -74,10 +74,18 @@ bool better(const Score& a, const Score& b) {
   return a.err < b.err;
 }
 
+// Error sums may stop once they reach the best admissible error: they can no longer win.
+double stop_for(const Score& best) { return best.valid && best.admissible ? best.err : kNoStop; }
+
+// A partial super-block encoding (error `total` so far) cannot beat `best`.
+bool cannot_beat(double total, bool admissible, const Score& best) {
+  return best.valid && best.admissible && (!admissible || total >= best.err);
+}
+
 int round_clamp(float v, int lo, int hi) {
   if (!std::isfinite(v)) return v > 0 ? hi : lo;
   const float c = std::clamp(v, static_cast<float>(lo) - 1.0f, static_cast<float>(hi) + 1.0f);
-  return static_cast<int>(std::clamp<long>(std::lrintf(c), lo, hi));
+  return std::clamp(round_small(c), lo, hi);
 }
 
 // =============================================================================================
@@ -101,8 +109,10 @@ struct MinEncoding {
 
 // Picks, for fixed f16 (d, dmin), each sub-block's (sc, m) among the integers around its
 // proposal (s[j] / d, o[j] / dmin) and its codes against the quantized values.
+// `beat` is the best complete encoding so far: the evaluation stops (leaving a score that does
+// not beat it) as soon as it cannot win.
 void choose_min_scales(const float* x, const float* w, const MinFormat& f, float d, float dmin, const float* s,
-                       const float* o, float max_err, MinEncoding* enc) {
+                       const float* o, float max_err, const Score& beat, MinEncoding* enc) {
   enc->d = d;
   enc->dmin = dmin;
   enc->score = Score{};
@@ -124,7 +134,7 @@ void choose_min_scales(const float* x, const float* w, const MinFormat& f, float
         const float off = dmin * static_cast<float>(m);
         double worst = 0;
         Score cand;
-        cand.err = affine_codes(xs, ws, f.sub_len, f.nmax, t, -off, qtmp, &worst);
+        cand.err = affine_codes(xs, ws, f.sub_len, f.nmax, t, -off, qtmp, &worst, stop_for(best));
         cand.admissible = worst <= static_cast<double>(max_err);
         cand.valid = true;
         if (better(cand, best)) {
@@ -137,6 +147,7 @@ void choose_min_scales(const float* x, const float* w, const MinFormat& f, float
     }
     total += best.err;
     admissible = admissible && best.admissible;
+    if (cannot_beat(total, admissible, beat)) break;
   }
   enc->score.err = total;
   enc->score.admissible = admissible;
@@ -207,7 +218,7 @@ bool encode_min_superblock(const float* x, const float* w, const MinFormat& f, f
   MinEncoding cand;
   *out = MinEncoding{};
   auto consider = [&](float d, float dmin, const float* ps, const float* po) {
-    choose_min_scales(x, w, f, d, dmin, ps, po, max_err, &cand);
+    choose_min_scales(x, w, f, d, dmin, ps, po, max_err, out->score, &cand);
     if (better(cand.score, out->score)) *out = cand;
   };
   // The plain encoding first, then the searched proposals.
@@ -327,7 +338,7 @@ struct SymEncoding {
 };
 
 void choose_sym_scales(const float* x, const float* w, const SymFormat& f, float d, const float* s, float max_err,
-                       SymEncoding* enc) {
+                       const Score& beat, SymEncoding* enc) {
   enc->d = d;
   enc->score = Score{};
   if (!std::isfinite(d)) return;
@@ -345,7 +356,7 @@ void choose_sym_scales(const float* x, const float* w, const SymFormat& f, float
       const float t = d * static_cast<float>(sc);
       double worst = 0;
       Score cand;
-      cand.err = symmetric_codes(xs, ws, kSymSub, lv, t, ktmp, &worst);
+      cand.err = symmetric_codes(xs, ws, kSymSub, lv, t, ktmp, &worst, stop_for(best));
       cand.admissible = worst <= static_cast<double>(max_err);
       cand.valid = true;
       if (better(cand, best)) {
@@ -356,6 +367,7 @@ void choose_sym_scales(const float* x, const float* w, const SymFormat& f, float
     }
     total += best.err;
     admissible = admissible && best.admissible;
+    if (cannot_beat(total, admissible, beat)) break;
   }
   enc->score.err = total;
   enc->score.admissible = admissible;
@@ -391,7 +403,7 @@ bool encode_sym_superblock(const float* x, const float* w, const SymFormat& f, f
   SymEncoding cand;
   *out = SymEncoding{};
   auto consider = [&](float d, const float* ps) {
-    choose_sym_scales(x, w, f, d, ps, max_err, &cand);
+    choose_sym_scales(x, w, f, d, ps, max_err, out->score, &cand);
     if (better(cand.score, out->score)) *out = cand;
   };
   const float mb = signed_max(sb), ms = signed_max(s);

@@ -133,40 +133,82 @@ void dequantize_blocks(const QuantizedTensor& q, int block, int block_bytes, Dec
 
 // ---- Symmetric levels -----------------------------------------------------------------------
 
-int nearest_level(const Levels& levels, float v) {
-  if (levels.table == nullptr) {
-    const float c = std::clamp(v, static_cast<float>(levels.lo) - 1.0f, static_cast<float>(levels.hi) + 1.0f);
-    const long q = std::lrintf(c);
-    return static_cast<int>(std::clamp<long>(q, levels.lo, levels.hi) - levels.lo);
+namespace {
+
+constexpr int kMaxTable = 16;
+
+// Weighted squared error and largest |x - y| over a block, in kLanes independent partial sums
+// (short dependency chains; a fixed order, so the result is deterministic). Blocks are
+// multiples of kLanes long.
+struct ErrorSum {
+  static constexpr int kLanes = 4;
+  double err[kLanes] = {0, 0, 0, 0};
+  double max[kLanes] = {0, 0, 0, 0};
+  void add(int lane, float x, float y, float w) {
+    const double diff = static_cast<double>(x) - static_cast<double>(y);
+    err[lane] += static_cast<double>(w) * diff * diff;
+    max[lane] = std::max(max[lane], std::fabs(diff));
   }
-  // Binary search on the midpoints between consecutive table values.
-  int lo = 0, hi = levels.table_size - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const float midpoint = 0.5f * (static_cast<float>(levels.table[mid]) + static_cast<float>(levels.table[mid + 1]));
-    if (v > midpoint) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
+  double total() const { return (err[0] + err[1]) + (err[2] + err[3]); }
+  double worst() const { return std::max(std::max(max[0], max[1]), std::max(max[2], max[3])); }
+};
+
+int nearest_int_level(float v, int lo, int hi) {
+  const float c = std::clamp(v, static_cast<float>(lo) - 1.0f, static_cast<float>(hi) + 1.0f);
+  return std::clamp(round_small(c), lo, hi) - lo;
+}
+
+// Midpoints between consecutive table values; the nearest index is the number of midpoints
+// below v (ties go to the lower value). Branchless, so cheap on unpredictable data.
+void table_midpoints(const Levels& levels, float* mids) {
+  for (int i = 0; i + 1 < levels.table_size; ++i)
+    mids[i] = 0.5f * (static_cast<float>(levels.table[i]) + static_cast<float>(levels.table[i + 1]));
+}
+
+int nearest_table_level(float v, const float* mids, int n_mids) {
+  int k = 0;
+  for (int i = 0; i < n_mids; ++i) k += v > mids[i] ? 1 : 0;
+  return k;
+}
+
+template <bool kTable>
+double symmetric_codes_impl(const float* x, const float* w, int n, const Levels& levels, float d, uint8_t* k,
+                            double* max_abs_err, double stop_at) {
+  float mids[kMaxTable];
+  const int n_mids = kTable ? levels.table_size - 1 : 0;
+  if constexpr (kTable) table_midpoints(levels, mids);
+  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+  ErrorSum sum;
+  for (int i0 = 0; i0 < n; i0 += ErrorSum::kLanes) {
+    for (int l = 0; l < ErrorSum::kLanes; ++l) {
+      const int i = i0 + l;
+      const int kk =
+          kTable ? nearest_table_level(x[i] * inv, mids, n_mids) : nearest_int_level(x[i] * inv, levels.lo, levels.hi);
+      k[i] = static_cast<uint8_t>(kk);
+      const float y = d * static_cast<float>(kTable ? levels.table[kk] : levels.lo + kk);
+      sum.add(l, x[i], y, w[i]);
     }
+    if (sum.total() >= stop_at) break;
   }
-  return lo;
+  if (max_abs_err) *max_abs_err = sum.worst();
+  return sum.total();
+}
+
+}  // namespace
+
+int nearest_level(const Levels& levels, float v) {
+  if (levels.table == nullptr) return nearest_int_level(v, levels.lo, levels.hi);
+  float mids[kMaxTable];
+  table_midpoints(levels, mids);
+  return nearest_table_level(v, mids, levels.table_size - 1);
 }
 
 double symmetric_codes(const float* x, const float* w, int n, const Levels& levels, float d, uint8_t* k,
-                       double* max_abs_err) {
-  const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-  double err = 0, worst = 0;
-  for (int i = 0; i < n; ++i) {
-    const int kk = nearest_level(levels, x[i] * inv);
-    k[i] = static_cast<uint8_t>(kk);
-    const float y = d * static_cast<float>(levels.value(kk));
-    const double diff = static_cast<double>(x[i]) - static_cast<double>(y);
-    err += static_cast<double>(w[i]) * diff * diff;
-    worst = std::max(worst, std::fabs(diff));
-  }
-  if (max_abs_err) *max_abs_err = worst;
-  return err;
+                       double* max_abs_err, double stop_at) {
+  QFORGE_CHECK(levels.table == nullptr || (levels.table_size >= 2 && levels.table_size <= kMaxTable));
+  QFORGE_CHECK(n % ErrorSum::kLanes == 0);
+  if (levels.table != nullptr) return symmetric_codes_impl<true>(x, w, n, levels, d, k, max_abs_err, stop_at);
+  return symmetric_codes_impl<false>(x, w, n, levels, d, k, max_abs_err, stop_at);
 }
 
 namespace {
@@ -185,12 +227,15 @@ bool better(const Eval& a, const Eval& b) {
   return a.err < b.err;
 }
 
+// The best so far is only beaten by a lower error: sums stop once they reach it.
+double stop_for(const Eval& best) { return best.valid && best.admissible ? best.err : kNoStop; }
+
 Eval eval_symmetric(const float* x, const float* w, int n, const Levels& levels, float d, float max_err,
-                    uint8_t* k) {
+                    uint8_t* k, double stop_at) {
   Eval e;
   if (!std::isfinite(d) || d == 0.0f) return e;
   double worst = 0;
-  e.err = symmetric_codes(x, w, n, levels, d, k, &worst);
+  e.err = symmetric_codes(x, w, n, levels, d, k, &worst, stop_at);
   e.admissible = worst <= static_cast<double>(max_err);
   e.valid = true;
   return e;
@@ -219,7 +264,7 @@ SymmetricResult search_symmetric(const float* x, const float* w, int n, const Sy
   Eval best;
   float best_d = 0;
   auto consider = [&](float d) {
-    const Eval e = eval_symmetric(x, w, n, lv, d, max_err, cand.data());
+    const Eval e = eval_symmetric(x, w, n, lv, d, max_err, cand.data(), stop_for(best));
     if (better(e, best)) {
       best = e;
       best_d = d;
@@ -275,23 +320,23 @@ SymmetricResult search_symmetric(const float* x, const float* w, int n, const Sy
 // ---- Affine levels --------------------------------------------------------------------------
 
 double affine_codes(const float* x, const float* w, int n, int nmax, float s, float b, uint8_t* q,
-                    double* max_abs_err) {
-  double err = 0, worst = 0;
+                    double* max_abs_err, double stop_at) {
+  QFORGE_CHECK(n % ErrorSum::kLanes == 0);
   const float inv = s != 0.0f ? 1.0f / s : 0.0f;
-  for (int i = 0; i < n; ++i) {
-    int qq = 0;
-    if (s != 0.0f) {
-      const float v = std::clamp((x[i] - b) * inv, -1.0f, static_cast<float>(nmax) + 1.0f);
-      qq = static_cast<int>(std::clamp<long>(std::lrintf(v), 0, nmax));
+  const float top = static_cast<float>(nmax) + 1.0f;
+  ErrorSum sum;
+  for (int i0 = 0; i0 < n; i0 += ErrorSum::kLanes) {
+    for (int l = 0; l < ErrorSum::kLanes; ++l) {
+      const int i = i0 + l;
+      const int qq = s != 0.0f ? std::clamp(round_small(std::clamp((x[i] - b) * inv, -1.0f, top)), 0, nmax) : 0;
+      q[i] = static_cast<uint8_t>(qq);
+      const float y = s * static_cast<float>(qq) + b;
+      sum.add(l, x[i], y, w[i]);
     }
-    q[i] = static_cast<uint8_t>(qq);
-    const float y = s * static_cast<float>(qq) + b;
-    const double diff = static_cast<double>(x[i]) - static_cast<double>(y);
-    err += static_cast<double>(w[i]) * diff * diff;
-    worst = std::max(worst, std::fabs(diff));
+    if (sum.total() >= stop_at) break;
   }
-  if (max_abs_err) *max_abs_err = worst;
-  return err;
+  if (max_abs_err) *max_abs_err = sum.worst();
+  return sum.total();
 }
 
 namespace {
@@ -340,7 +385,7 @@ AffineResult search_affine(const float* x, const float* w, int n, const AffineSe
     Eval e;
     if (std::isfinite(s) && std::isfinite(b) && s >= 0) {
       double worst = 0;
-      e.err = affine_codes(x, w, n, cfg.nmax, s, b, cand.data(), &worst);
+      e.err = affine_codes(x, w, n, cfg.nmax, s, b, cand.data(), &worst, stop_for(best));
       e.admissible = worst <= static_cast<double>(max_err);
       e.valid = true;
     }
@@ -364,7 +409,7 @@ AffineResult search_affine(const float* x, const float* w, int n, const AffineSe
       const float iscale = (static_cast<float>(cfg.nmax) + delta) / range;
       if (!(iscale > 0)) continue;
       for (int i = 0; i < n; ++i) {
-        const long qq = std::lrintf(std::clamp((x[i] - lo) * iscale, 0.0f, static_cast<float>(cfg.nmax)));
+        const int qq = round_small(std::clamp((x[i] - lo) * iscale, 0.0f, static_cast<float>(cfg.nmax)));
         cand[static_cast<size_t>(i)] = static_cast<uint8_t>(qq);
       }
       float s, b;

@@ -22,8 +22,18 @@ namespace qforge::formats::gguf {
 // stored at all (sub-block proposals of the K-quants, which are quantized again later).
 enum class ScaleStore { f16, f32, exact };
 
+inline constexpr double kNoStop = 1e300;  // stop_at value that never stops an error sum
+
 // Rounds v to its stored precision; non-finite when f16 overflows.
 float store_scale(float v, ScaleStore store);
+
+// Nearest integer (ties to even) of a v with |v| < 2^22 that callers have already clamped:
+// adding and subtracting 1.5 * 2^23 rounds in the default rounding mode, with no libm call in
+// the inner loops.
+inline int round_small(float v) {
+  constexpr float kMagic = 12582912.0f;
+  return static_cast<int>((v + kMagic) - kMagic);
+}
 
 // Encodes one block of `n` values (n = the format's block) into `out`. `w` holds one positive or
 // zero weight per value, not all zero. `max_err` is the admissibility bound (absolute). Returns
@@ -78,9 +88,11 @@ SymmetricResult search_symmetric(const float* x, const float* w, int n, const Sy
 int nearest_level(const Levels& levels, float v);
 
 // Codes for a fixed scale d (0 allowed: every value becomes 0) and the weighted squared error of
-// y = d * level; *max_abs_err receives the largest |x - y|.
+// y = d * level; *max_abs_err receives the largest |x - y|. The sum stops early, returning a
+// value >= stop_at (codes and max_abs_err then incomplete), once it reaches stop_at: a candidate
+// that cannot beat the best so far is not finished.
 double symmetric_codes(const float* x, const float* w, int n, const Levels& levels, float d, uint8_t* k,
-                       double* max_abs_err);
+                       double* max_abs_err, double stop_at = kNoStop);
 
 // ---- Affine levels: y = s * q + b, q in 0..nmax --------------------------------------------
 
@@ -103,8 +115,9 @@ struct AffineResult {
 AffineResult search_affine(const float* x, const float* w, int n, const AffineSearch& cfg, ScaleStore store,
                            float max_err, uint8_t* q);
 
-// Codes for fixed (s, b) and the resulting error: q = nearest code of (x - b) / s.
+// Codes for fixed (s, b) and the resulting error: q = nearest code of (x - b) / s. stop_at as in
+// symmetric_codes.
 double affine_codes(const float* x, const float* w, int n, int nmax, float s, float b, uint8_t* q,
-                    double* max_abs_err);
+                    double* max_abs_err, double stop_at = kNoStop);
 
 }  // namespace qforge::formats::gguf
