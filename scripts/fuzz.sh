@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (ASan+UBSan) and runs each for SECONDS (default 60),
-# starting from the seed corpus in fuzz/corpus/<target>/.
+# starting from the seed corpus in fuzz/corpus/<target>/ (and the dictionary fuzz/dict/<target>.dict
+# when there is one). Findings (crash-*, leak-*, timeout-*) are written to $build_dir/findings/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -16,8 +17,14 @@ for bin in "$build_dir"/fuzz/fuzz_*; do
   work=$(mktemp -d)
   seeds=()
   [ -d "$corpus" ] && seeds=("$corpus")
-  echo "fuzz: $name for ${seconds}s (seeds: ${seeds[*]:-none})"
-  "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 "$work" "${seeds[@]}"
+  extra=()
+  dict="fuzz/dict/${name#fuzz_}.dict"
+  [ -f "$dict" ] && extra+=("-dict=$dict")
+  findings="$build_dir/findings/${name}"
+  mkdir -p "$findings"
+  echo "fuzz: $name for ${seconds}s (seeds: ${seeds[*]:-none}; dict: ${extra[*]:-none})"
+  "$bin" -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
+    -artifact_prefix="$findings/" "${extra[@]}" "$work" "${seeds[@]}"
   rm -rf "$work"
 done
 echo "fuzz: all targets ran without a finding"

@@ -34,6 +34,7 @@ enum class FormatId : uint16_t {
   bf16 = 10,       // plain cast
   binary = 11,     // sign(w) * mean|w| of the row
   ternary = 12,    // {-1, 0, +1} * scale of the row, threshold 0.7 * mean|w|
+  f32 = 13,        // identity passthrough (keeps a tensor unquantized)
   // GGUF block formats: the codes plane holds ggml's blocks byte for byte (src/formats/gguf_blocks.h).
   gguf_q8_0 = 32,    // 32 x int8, f16 d
   gguf_q4_0 = 33,    // 32 x 4-bit, y = d (q - 8)
@@ -81,13 +82,16 @@ struct QuantizedTensor {
   // Packed codes, row-major; each row starts on a byte boundary (row stride = packed_row_bytes()).
   // Codes of bit width b are packed little-endian into a bit stream (see docs/formats.md).
   std::vector<uint8_t> codes;
-  // Scales, [rows, groups_per_row] (per-tensor: 1 value) in the format's scale dtype, raw bytes.
+  // Scales, [rows, groups_per_row] (per-tensor: 1 value) in the format's scale dtype, raw
+  // little-endian bytes.
   std::vector<uint8_t> scales;
   // Zero-points, [rows, groups_per_row] (per-tensor: 1), one u8 each (asymmetric formats only).
   std::vector<uint8_t> zeros;
   // Format-specific extras: NVFP4 per-tensor f32 scale; NF4 double-quant second-level data.
   std::vector<uint8_t> extra;
 
+  // Scale groups per row: cols / group_size for group granularity, else 1 (per-tensor schemes
+  // still store a single scale for the whole tensor).
   int64_t groups_per_row() const;
   size_t packed_row_bytes() const;
   size_t nbytes() const { return codes.size() + scales.size() + zeros.size() + extra.size(); }
@@ -109,33 +113,71 @@ using QuantizeFn = Status (*)(const Scheme& scheme, const float* w, int64_t rows
                               const QuantizeOptions& options, QuantizedTensor* out);
 using DequantizeFn = void (*)(const QuantizedTensor& q, float* out);  // out: rows * cols, row-major
 
+// Bit mask of Granularity values a format accepts.
+constexpr uint8_t granularity_bit(Granularity g) { return static_cast<uint8_t>(1u << static_cast<unsigned>(g)); }
+
 // One row of the table.
+//
+// Scheme names follow one grammar for every row (docs/formats.md):
+//   name := stem [bits] ["-" granularity] ["-dq"] suffix
+// where bits is written only when min_bits < max_bits, granularity ("g<N>", "ch", "tensor") only
+// when the row offers a choice and the scheme is not the row's default, and "-dq" only for double
+// quantization. Examples: "int4-g128-asym" = "int" 4 "-g128" "-asym"; "nf4-dq"; "fp8-e4m3-ch".
 struct FormatTraits {
   FormatId id;
-  const char* name;           // family name as it appears in scheme names ("int", "nf4", "mxfp4")
+  const char* name;           // unique row name ("int-sym", "int-asym", "nf4", "fp8-e4m3", ...)
   const char* description;
+  const char* stem;           // scheme-name text before the bit width ("int", "nf4", "fp8-e4m3")
+  const char* suffix;         // scheme-name text after the granularity ("-sym", "-asym", "")
   int min_bits, max_bits;     // code width range (fixed formats: equal)
+  uint8_t granularities;      // granularity_bit() mask of accepted granularities
+  // Used when a name leaves the granularity out; only rows with granularity_optional allow that.
+  bool granularity_optional;
+  Granularity default_granularity;
+  int64_t default_group;      // group size of the default (group granularity), else 0
+  bool double_quant;          // accepts "-dq" (Scheme::double_quant)
   int64_t block;              // fixed block length along columns, 0 = set by the scheme's granularity
   int bytes_per_block;        // bytes of one fixed block (codes + its scale), 0 = parametric
-  DType scale_dtype;          // dtype of the `scales` plane
+  // True when the codes plane holds whole self-describing blocks (GGUF style: scales inside the
+  // block, bytes_per_block each) and the scales/zeros planes are empty. False = planar layout.
+  bool blocks_in_codes;
+  bool has_scales;            // has a `scales` plane
+  DType scale_dtype;          // dtype of the `scales` plane (NF4 with double quant: u8 codes)
   bool zero_point;            // has a `zeros` plane
   QuantizeFn quantize_ref;    // the specification; fast paths are bit-exact with it
   DequantizeFn dequantize_ref;
   int gguf_type;              // GGML type id, -1 when GGUF has no equivalent
   // Test tolerance: the largest |x - dequant(quant(x))| allowed for an element, as a fraction of
-  // its group's absmax (asymmetric: of the group's max - min), without clipping.
+  // its group's absmax (asymmetric: of the group's range max(max, 0) - min(min, 0)), without
+  // clipping or importance weights. Each family's .cpp derives its bound in a comment.
   double (*error_bound)(const Scheme& scheme);
+  // Bytes of the `extra` plane for a valid scheme on a [rows, cols] weight; null = none.
+  size_t (*extra_bytes)(const Scheme& scheme, int64_t rows, int64_t cols);
 };
 
 std::span<const FormatTraits> all_formats();
-const FormatTraits& format_traits(FormatId id);
+const FormatTraits& format_traits(FormatId id);  // id must be in the table (QFORGE_CHECK)
+// The row of `id`, or null for ids not in the table (e.g. read from a corrupt file).
+const FormatTraits* find_format_by_id(FormatId id);
 const FormatTraits* find_format(std::string_view family_name);
 // The row whose gguf_type is `ggml_type`, or null.
 const FormatTraits* find_format_by_gguf_type(int ggml_type);
 
+// Every accepted scheme-name form, one per row, e.g. "int<2..8>-{g<N>|ch|tensor}-sym".
+std::vector<std::string> scheme_name_forms();
+
 // Checks the scheme against the table and the weight's shape (e.g. group size divides cols).
 Status validate_scheme(const Scheme& scheme, int64_t rows, int64_t cols);
-// Bits per weight including scale/zero-point overhead for a [rows, cols] weight.
+
+// Exact byte size of each plane of a QuantizedTensor.
+struct PlaneSizes {
+  size_t codes = 0, scales = 0, zeros = 0, extra = 0;
+  size_t total() const { return codes + scales + zeros + extra; }
+};
+// Plane sizes for a scheme that passed validate_scheme on [rows, cols].
+PlaneSizes scheme_plane_sizes(const Scheme& scheme, int64_t rows, int64_t cols);
+// Bits per weight including scale/zero-point/extra overhead for a [rows, cols] weight (exact:
+// all plane bytes * 8 / (rows * cols)); 0 when the scheme is not valid for that shape.
 double scheme_bits_per_weight(const Scheme& scheme, int64_t rows, int64_t cols);
 
 // Reference quantization (the table's quantize_ref after validation). Rejects NaN/Inf weights
@@ -145,7 +187,9 @@ Expected<QuantizedTensor> quantize(const Scheme& scheme, const float* w, int64_t
 // Reference dequantization into rows * cols floats; validates plane sizes first.
 Status dequantize(const QuantizedTensor& q, float* out);
 
-// Bit packing used by the `codes` plane: n codes of `bits` (1..8) each, little-endian bit stream.
+// Bit packing used by the `codes` plane: n codes of `bits` (1..8) each, little-endian bit stream
+// (code i occupies stream bits [i*bits, (i+1)*bits); stream bit k is bit k%8 of byte k/8). Only
+// the low `bits` bits of each code are used; unused high bits of the last byte are zero.
 size_t packed_size(int64_t n, int bits);
 void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out);
 void unpack_bits(const uint8_t* packed, int64_t n, int bits, uint8_t* codes);

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -804,6 +805,58 @@ TEST(GgufBlocks, Tq1TritExtractionMatchesBase3) {
     for (int n = 0; n < 5; ++n) t[n] = (v / kPow[n]) % 3;
     const uint8_t byte = gguf::tq1_pack(t, 5);
     for (int n = 0; n < 5; ++n) ASSERT_EQ(spec_trit(byte, n), t[n]) << "v " << v << " trit " << n;
+  }
+}
+
+// The table rows: names (lower and ggml's upper case), GGML type ids, validation, and the
+// public quantize / dequantize entry points.
+TEST(GgufBlocks, TableRowsNamesAndPublicApi) {
+  const int ggml_types[] = {8, 2, 3, 6, 7, 10, 11, 12, 13, 14, 15, 20, 34, 35};
+  const double bits_per_weight[] = {8.5, 4.5, 5.0, 5.5, 6.0, 2.625, 3.4375, 4.5, 5.5, 6.5625, 9.125, 4.5, 1.6875, 2.0625};
+  const int64_t rows = 4, cols = 512;
+  const std::vector<float> w = heavy_tailed(rows, cols, 77);
+  for (size_t i = 0; i < formats().size(); ++i) {
+    const Format& f = formats()[i];
+    SCOPED_TRACE(f.name);
+    const FormatTraits& t = format_traits(f.id);
+    EXPECT_STREQ(t.name, f.name);
+    EXPECT_EQ(t.gguf_type, ggml_types[i]);
+    EXPECT_EQ(find_format_by_gguf_type(ggml_types[i]), &t);
+    EXPECT_EQ(t.block, f.block);
+    EXPECT_EQ(t.bytes_per_block, f.bytes);
+    EXPECT_TRUE(t.blocks_in_codes);
+    EXPECT_EQ(t.quantize_ref, f.quantize);
+    EXPECT_EQ(t.dequantize_ref, f.dequantize);
+
+    auto parsed = Scheme::parse(f.name);
+    ASSERT_TRUE(parsed.has_value()) << parsed.status().to_string();
+    EXPECT_EQ(*parsed, scheme_of(f));
+    EXPECT_EQ(parsed->name(), f.name);
+    std::string upper(f.name);
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    auto parsed_upper = Scheme::parse(upper);
+    ASSERT_TRUE(parsed_upper.has_value()) << upper << ": " << parsed_upper.status().to_string();
+    EXPECT_EQ(*parsed_upper, scheme_of(f));
+    EXPECT_FALSE(Scheme::parse(std::string(f.name) + "-g32").has_value());
+
+    EXPECT_TRUE(validate_scheme(scheme_of(f), rows, cols).is_ok());
+    const Status bad = validate_scheme(scheme_of(f), rows, cols + f.block / 2);
+    EXPECT_FALSE(bad.is_ok());
+    EXPECT_NE(bad.message().find("does not divide"), std::string::npos) << bad.message();
+    EXPECT_DOUBLE_EQ(scheme_bits_per_weight(scheme_of(f), rows, cols), bits_per_weight[i]);
+
+    auto q = qforge::quantize(scheme_of(f), w.data(), rows, cols);
+    ASSERT_TRUE(q.has_value()) << q.status().to_string();
+    EXPECT_DOUBLE_EQ(q->bits_per_weight(), bits_per_weight[i]);
+    const QuantizedTensor direct = quantize_ok(f, w, rows, cols);
+    EXPECT_EQ(q->codes, direct.codes);  // the table runs the same reference quantizer
+    std::vector<float> y(w.size());
+    ASSERT_TRUE(qforge::dequantize(*q, y.data()).is_ok());
+    EXPECT_EQ(y, dequantize(f, direct));
+    QuantizedTensor truncated = *q;
+    truncated.codes.pop_back();
+    EXPECT_FALSE(qforge::dequantize(truncated, y.data()).is_ok());
+    EXPECT_FALSE(qforge::quantize(scheme_of(f), w.data(), rows, cols - f.block / 2).has_value());
   }
 }
 
