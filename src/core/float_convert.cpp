@@ -1,11 +1,9 @@
 // Exact scalar conversions between f32 and the narrow float types (f16, bf16, the OCP FP8
 // variants, E8M0), and the bulk tensor conversions built on them.
 //
-// f16 and bf16 use bit manipulation (they sit on the model-loading path). The FP8 encoders share
-// one generic routine that works on exact double arithmetic: every f32 is exactly representable
-// in double and scaling by a power of two is exact, so rounding the scaled magnitude to an integer
-// (round-to-nearest-even) is the whole conversion. FP8 decoding uses 256-entry tables built from
-// the field definitions.
+// All encoders are integer bit manipulation (they sit on the model-loading and quantization
+// paths); the FP8 ones share detail::round_to_minifloat (core/minifloat.h). FP8 decoding uses
+// 256-entry tables built from the field definitions.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -14,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include "core/minifloat.h"
 #include "qforge/dtype.h"
 
 namespace qforge {
@@ -36,44 +35,27 @@ double round_half_even(double x) {
 struct MiniFloat {
   int mbits;          // trailing mantissa bits
   int bias;
-  double max_finite;  // largest finite magnitude
-  uint8_t max_code;   // encoding of +max_finite
+  uint8_t max_code;   // encoding of the largest finite value (E4M3FN 448, E5M2 57344)
   uint8_t nan_code;   // encoding of +NaN (quiet)
   bool has_inf;
   uint8_t inf_code;   // encoding of +Inf when has_inf
 };
 
-constexpr MiniFloat kE4M3FN{3, 7, 448.0, 0x7E, 0x7F, false, 0};
-constexpr MiniFloat kE5M2{2, 15, 57344.0, 0x7B, 0x7E, true, 0x7C};
+constexpr MiniFloat kE4M3FN{3, 7, 0x7E, 0x7F, false, 0};
+constexpr MiniFloat kE5M2{2, 15, 0x7B, 0x7E, true, 0x7C};
 
 // Encodes f as a sign-magnitude 8-bit minifloat, RNE, with subnormals.
 uint8_t encode_minifloat(float f, const MiniFloat& fmt, Fp8Overflow mode) {
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
-  if (std::isnan(f)) return sign | fmt.nan_code;
-  const double a = std::fabs(static_cast<double>(f));
-  auto overflow = [&]() -> uint8_t {
+  const uint32_t x = f32_bits(f);
+  const uint8_t sign = (x >> 31) ? 0x80 : 0x00;
+  const uint32_t a = x & 0x7FFFFFFF;
+  if (a > 0x7F800000) return sign | fmt.nan_code;
+  const uint32_t code = detail::round_to_minifloat(a, fmt.mbits, fmt.bias);
+  if (code > fmt.max_code) {  // rounded past the largest finite value (or Inf input)
     if (mode == Fp8Overflow::saturate) return sign | fmt.max_code;
     return sign | (fmt.has_inf ? fmt.inf_code : fmt.nan_code);
-  };
-  if (std::isinf(a)) return overflow();
-  if (a == 0.0) return sign;
-
-  const int emin = 1 - fmt.bias;  // exponent of the smallest normal
-  int ex = 0;
-  std::frexp(a, &ex);              // a = fr * 2^ex, fr in [0.5, 1)
-  int e = std::max(ex - 1, emin);  // exponent of the binade a lies in (subnormals: emin)
-  // Quantum of that binade is 2^(e - mbits); q counts quanta.
-  double q = round_half_even(std::ldexp(a, fmt.mbits - e));
-  const double implicit = std::ldexp(1.0, fmt.mbits);
-  if (q >= 2 * implicit) {  // rounded up into the next binade
-    q /= 2;
-    e += 1;
   }
-  const double value = std::ldexp(q, e - fmt.mbits);
-  if (value > fmt.max_finite) return overflow();
-  if (q < implicit) return sign | static_cast<uint8_t>(q);  // subnormal (or zero): exponent field 0
-  const int exp_field = e + fmt.bias;
-  return sign | static_cast<uint8_t>((exp_field << fmt.mbits) | static_cast<int>(q - implicit));
+  return sign | static_cast<uint8_t>(code);
 }
 
 double decode_minifloat(uint8_t v, const MiniFloat& fmt) {

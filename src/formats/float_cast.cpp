@@ -26,7 +26,7 @@ bool is_bf16(const Scheme& s) { return s.format == FormatId::bf16; }
 Status float_cast_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
                                const QuantizeOptions& options, QuantizedTensor* out) {
   QFORGE_RETURN_IF_ERROR(floatq::check_shape(scheme, rows, cols, 0));
-  floatq::Importance imp;
+  floatq::Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(floatq::check_options(options, rows, cols, &imp));
   const bool bf = is_bf16(scheme);
   const int64_t n = rows * cols;
@@ -41,7 +41,7 @@ Status float_cast_quantize_ref(const Scheme& scheme, const float* w, int64_t row
     const uint16_t h = bf ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
     const uint16_t inf = bf ? 0x7F80 : 0x7C00;
     if ((h & 0x7FFF) == inf && std::isfinite(w[i]))
-      return invalid_argument(floatq::family_label(scheme) + ": weight " + std::to_string(w[i]) + " at index " + std::to_string(i) +
+      return invalid_argument(scheme.name() + ": weight " + std::to_string(w[i]) + " at index " + std::to_string(i) +
                               " overflows " + (bf ? "bf16" : "f16 (max 65504); use bf16"));
     std::memcpy(out->codes.data() + 2 * i, &h, 2);
   }

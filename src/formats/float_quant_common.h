@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/minifloat.h"
+#include "formats/quant_common.h"
 #include "qforge/format.h"
 
 namespace qforge::formats::floatq {
@@ -24,51 +26,28 @@ inline float search_ratio(float clip_ratio, int k) {
   return clip_ratio * static_cast<float>(1.0 - 0.01 * k);
 }
 
-// Importance weights: one per element ([rows * cols]) or one per input column ([cols]).
-struct Importance {
-  const float* data = nullptr;
-  bool per_column = false;
-  int64_t cols = 0;
-  bool present() const { return data != nullptr; }
-  float at(int64_t flat_index) const { return per_column ? data[flat_index % cols] : data[flat_index]; }
-};
+// Importance weights come as formats::ImportanceView (quant_common.h): per element or per column.
+using Importance = ImportanceView;
 
-// Checks the options shared by every float quantizer and resolves the importance layout.
+// Checks the options shared by every float quantizer (quantize() checks them too; the reference
+// functions stay safe when called directly) and resolves the importance layout.
 inline Status check_options(const QuantizeOptions& o, int64_t rows, int64_t cols, Importance* imp) {
   if (!(o.clip_ratio > 0.0f && o.clip_ratio <= 1.0f))
     return invalid_argument("clip_ratio " + std::to_string(o.clip_ratio) + " is not in (0, 1]");
-  *imp = {};
+  *imp = ImportanceView(QuantizeOptions{}, rows, cols);
   if (o.importance == nullptr) return Status::ok();
   const auto n = static_cast<size_t>(rows * cols);
   if (o.importance_size != n && o.importance_size != static_cast<size_t>(cols))
     return invalid_argument("importance has " + std::to_string(o.importance_size) + " values; expected " +
                             std::to_string(n) + " (per element) or " + std::to_string(cols) + " (per column)");
-  imp->data = o.importance;
-  imp->per_column = o.importance_size != n;  // rows == 1: both layouts coincide
-  imp->cols = cols;
+  *imp = ImportanceView(o, rows, cols);
   return Status::ok();
 }
 
-// Canonical-looking label of the scheme's family for messages (the table's Scheme::name() is
-// not needed here, so these files do not depend on format_table.cpp).
-inline std::string family_label(const Scheme& s) {
-  switch (s.format) {
-    case FormatId::nf4: return s.double_quant ? "nf4-dq" : "nf4";
-    case FormatId::fp4_e2m1: return "fp4";
-    case FormatId::mxfp4: return "mxfp4";
-    case FormatId::nvfp4: return "nvfp4";
-    case FormatId::fp8_e4m3: return "fp8-e4m3";
-    case FormatId::fp8_e5m2: return "fp8-e5m2";
-    case FormatId::f16: return "f16";
-    case FormatId::bf16: return "bf16";
-    default: return "format " + std::to_string(static_cast<int>(s.format));
-  }
-}
-
 inline Status check_shape(const Scheme& s, int64_t rows, int64_t cols, int64_t group) {
-  if (rows <= 0 || cols <= 0) return invalid_argument(family_label(s) + ": empty shape");
+  if (rows <= 0 || cols <= 0) return invalid_argument(s.name() + ": empty shape");
   if (group > 0 && cols % group != 0)
-    return invalid_argument(family_label(s) + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
+    return invalid_argument(s.name() + ": " + std::to_string(cols) + " columns are not a multiple of the block of " +
                             std::to_string(group));
   return Status::ok();
 }
@@ -107,16 +86,11 @@ inline uint8_t get_nibble(const uint8_t* row, int64_t i) {
 inline constexpr float kE2M1Magnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 // Round to nearest E2M1, ties to the even code (RNE, as the OCP conversion), |y| > 6 saturates to
 // 6 (OCP satfinite). The sign is kept, so negative values rounding to zero give -0 (code 8).
+// y must not be NaN.
 inline uint8_t e2m1_encode(float y) {
-  const uint8_t sign = std::signbit(y) ? 0x8 : 0x0;
-  const float a = std::fabs(y);
-  uint8_t code = 0;
-  for (uint8_t i = 0; i < 7; ++i) {
-    const float mid = 0.5f * (kE2M1Magnitude[i] + kE2M1Magnitude[i + 1]);  // exact in f32
-    if (a > mid || (a == mid && (i + 1) % 2 == 0)) code = i + 1;
-    else break;
-  }
-  return sign | code;
+  const uint32_t x = std::bit_cast<uint32_t>(y);
+  const uint32_t code = detail::round_to_minifloat(x & 0x7FFFFFFF, /*mbits=*/1, /*bias=*/1);
+  return static_cast<uint8_t>(((x >> 31) << 3) | (code > 7 ? 7 : code));
 }
 inline float e2m1_decode(uint8_t code) {
   const float m = kE2M1Magnitude[code & 0x7];

@@ -115,7 +115,7 @@ Layout start(const Scheme& scheme, int64_t rows, int64_t cols, int64_t group, Qu
 
 int64_t fixed_block(const Scheme& scheme, int64_t block, Status* st) {
   if (scheme.group_size != 0 && scheme.group_size != block)
-    *st = invalid_argument(family_label(scheme) + ": the block is fixed at " + std::to_string(block) + ", not " +
+    *st = invalid_argument(scheme.name() + ": the block is fixed at " + std::to_string(block) + ", not " +
                            std::to_string(scheme.group_size));
   return block;
 }
@@ -135,7 +135,7 @@ Status fp4_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int6
                         const QuantizeOptions& options, QuantizedTensor* out) {
   const int64_t group = scheme.group_size > 0 ? scheme.group_size : kFp4DefaultGroup;
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, group));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const Layout l = start(scheme, rows, cols, group, out);
   out->scales.assign(static_cast<size_t>(rows * l.per_row) * 4, 0);
@@ -186,7 +186,7 @@ Status mxfp4_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, in
   const int64_t block = fixed_block(scheme, kMxBlock, &st);
   QFORGE_RETURN_IF_ERROR(st);
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, block));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const Layout l = start(scheme, rows, cols, block, out);
   out->scales.assign(static_cast<size_t>(rows * l.per_row), 0);
@@ -250,7 +250,7 @@ Status nvfp4_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, in
   const int64_t block = fixed_block(scheme, kNvBlock, &st);
   QFORGE_RETURN_IF_ERROR(st);
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, block));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const Layout l = start(scheme, rows, cols, block, out);
   out->scales.assign(static_cast<size_t>(rows * l.per_row), 0);

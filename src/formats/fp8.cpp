@@ -64,9 +64,9 @@ double weighted_error(const Fp8Kind& k, const float* x, int64_t n, int64_t begin
 Status fp8_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
                         const QuantizeOptions& options, QuantizedTensor* out) {
   if (scheme.granularity == Granularity::group)
-    return invalid_argument(family_label(scheme) + ": FP8 scales are per tensor or per channel, not per group");
+    return invalid_argument(scheme.name() + ": FP8 scales are per tensor or per channel, not per group");
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, 0));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const Fp8Kind k = kind_of(scheme);
   const bool per_tensor = scheme.granularity == Granularity::tensor;

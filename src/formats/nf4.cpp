@@ -89,14 +89,24 @@ constexpr uint8_t kZeroCode = 7;
 
 int64_t group_of(const Scheme& s) { return s.group_size > 0 ? s.group_size : kDefaultGroup; }
 
+// Decision thresholds: the largest f32 <= each midpoint of adjacent codebook values, so that for
+// an f32 y, "y > threshold" is exactly "y > midpoint" (ties go to the lower index).
+std::array<float, 15> make_thresholds() {
+  std::array<float, 15> t{};
+  for (size_t i = 0; i < 15; ++i) {
+    const double mid = 0.5 * (static_cast<double>(kNf4Codebook[i]) + kNf4Codebook[i + 1]);
+    float f = static_cast<float>(mid);
+    if (static_cast<double>(f) > mid) f = std::nextafter(f, -INFINITY);
+    t[i] = f;
+  }
+  return t;
+}
+
 // Nearest codebook index of y in [-1, 1]; ties go to the lower index.
 uint8_t nf4_encode(float y) {
+  static const std::array<float, 15> thresholds = make_thresholds();
   uint8_t code = 0;
-  for (uint8_t i = 0; i < 15; ++i) {
-    const double mid = 0.5 * (static_cast<double>(kNf4Codebook[i]) + kNf4Codebook[i + 1]);  // exact
-    if (static_cast<double>(y) > mid) code = i + 1;
-    else break;
-  }
+  for (float t : thresholds) code += y > t ? 1 : 0;
   return code;
 }
 
@@ -197,7 +207,7 @@ Status nf4_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int6
                         const QuantizeOptions& options, QuantizedTensor* out) {
   const int64_t group = group_of(scheme);
   QFORGE_RETURN_IF_ERROR(check_shape(scheme, rows, cols, group));
-  Importance imp;
+  Importance imp(QuantizeOptions{}, rows, cols);
   QFORGE_RETURN_IF_ERROR(check_options(options, rows, cols, &imp));
   const int64_t per_row = cols / group;
   const size_t row_bytes = nibble_row_bytes(cols);

@@ -130,8 +130,12 @@ Status parse_json_strict(std::string_view text, const std::string& what, json* o
 // Reads a JSON value that must be a non-negative integer representable in uint64.
 Expected<uint64_t> json_to_u64(const json& v, const std::string& what) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
-  if (v.is_number_integer()) return parse_error(what + " is negative (" + v.dump() + ")");
-  if (v.is_number_float()) return parse_error(what + " is not an integer (" + v.dump() + ")");
+  if (v.is_number_integer()) {
+    if (v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());  // "-0"
+    return parse_error(what + " is negative (" + v.dump() + ")");
+  }
+  // nlohmann parses integers beyond 64 bits as floats too.
+  if (v.is_number_float()) return parse_error(what + " is not an integer below 2^64 (" + v.dump() + ")");
   return parse_error(what + " is not a number (" + std::string(v.type_name()) + ")");
 }
 
@@ -557,8 +561,12 @@ Status SafetensorsWriter::finish() {
       entry["dtype"] = dtype_safetensors_name(e->dtype);
       entry["shape"] = nlohmann::ordered_json::array();
       for (int64_t d : e->shape) entry["shape"].push_back(static_cast<uint64_t>(d));
-      entry["data_offsets"] = nlohmann::ordered_json::array({offset, offset + e->nbytes});
-      offset += e->nbytes;
+      uint64_t end = 0;
+      if (__builtin_add_overflow(offset, static_cast<uint64_t>(e->nbytes), &end) ||
+          end > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return invalid_argument(path_ + ": tensors total more than 2^63 bytes");
+      entry["data_offsets"] = nlohmann::ordered_json::array({offset, end});
+      offset = end;
       header += json(e->name).dump() + ":" + entry.dump();
     }
     header += "}";
@@ -585,7 +593,8 @@ Status SafetensorsWriter::finish() {
     }
     const std::string what = path_ + ": tensor " + quote_untrusted(e->name);
     try {
-      if (buffer.size() < e->nbytes) buffer.resize(e->nbytes);
+      // At least one byte so producers never see a null pointer, even for empty tensors.
+      if (buffer.size() < std::max<size_t>(e->nbytes, 1)) buffer.resize(std::max<size_t>(e->nbytes, 1));
       // Zeroed so that a producer that leaves bytes unset still gives deterministic output.
       std::fill_n(buffer.begin(), e->nbytes, uint8_t{0});
       Status s = e->produce(buffer.data(), e->nbytes);

@@ -429,6 +429,43 @@ TEST(Fp4, E2M1ValuesAndCodes) {
   }
 }
 
+// Oracle: nearest E2M1 magnitude, ties to the even code, clamped at 6, sign kept.
+uint8_t e2m1_oracle(double y) {
+  const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const double a = std::min(std::fabs(y), 6.0);
+  int best = 0;
+  for (int k = 1; k < 8; ++k) {
+    const double dk = std::fabs(a - mags[k]), db = std::fabs(a - mags[best]);
+    if (dk < db || (dk == db && k % 2 == 0)) best = k;
+  }
+  return static_cast<uint8_t>((std::signbit(y) ? 8 : 0) | best);
+}
+
+TEST(Fp4, RoundingMatchesNearestEvenOracle) {
+  // Absmax 6 makes the scale exactly 1, so codes are e2m1(x) directly.
+  std::vector<float> probes;
+  const float mids[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f, 0.5f, 3.0f};
+  for (float m : mids)
+    for (float v : {m, std::nextafter(m, 0.0f), std::nextafter(m, 10.0f)}) {
+      if (v > 6.0f) continue;  // keep the group absmax at exactly 6
+      probes.push_back(v);
+      probes.push_back(-v);
+    }
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> ud(-6.0f, 6.0f);
+  while (probes.size() % 63 != 0) probes.push_back(ud(rng));
+  const Case c = all_cases()[4];
+  for (size_t start = 0; start < probes.size(); start += 63) {
+    std::vector<float> w(64);
+    w[0] = 6.0f;
+    std::copy(probes.begin() + static_cast<long>(start), probes.begin() + static_cast<long>(start + 63), w.begin() + 1);
+    const QuantizedTensor q = quantize_ok(c, w, 1, 64);
+    ASSERT_EQ(f32_at(q.scales, 0), 1.0f);
+    for (int i = 1; i < 64; ++i)
+      ASSERT_EQ(nibble(q, 0, i), e2m1_oracle(w[static_cast<size_t>(i)])) << "x=" << w[static_cast<size_t>(i)];
+  }
+}
+
 TEST(Fp4, HandExample) {
   // Group absmax 3 -> scale 0.5; x / 0.5 = 6, 2.5 (tie -> 2, even code 4), -0.25 (tie -> -0).
   std::vector<float> w(64, 0.0f);
@@ -608,6 +645,86 @@ TEST(ErrorBounds, DerivedValues) {
   EXPECT_NEAR(fp8_error_bound(cases[8].scheme), 1.0 / 28, 1e-5);
   EXPECT_NEAR(fp8_error_bound(cases[10].scheme), 1.0 / 14, 1e-5);
   EXPECT_GT(nf4_error_bound(cases[3].scheme), nf4_error_bound(cases[0].scheme));
+}
+
+// ---- through the public API (format table) -----------------------------------------------------
+
+TEST(PublicApi, EverySchemeNameRoundTripsWithinItsBound) {
+  const int64_t rows = 8, cols = 256;
+  const std::vector<float> w = student_t(rows * cols, 51);
+  for (const Case& c : all_cases()) {
+    auto parsed = Scheme::parse(c.label);
+    ASSERT_TRUE(parsed.has_value()) << c.label << ": " << parsed.status().to_string();
+    EXPECT_EQ(parsed->format, c.scheme.format) << c.label;
+    EXPECT_EQ(parsed->granularity, c.scheme.granularity) << c.label;
+    EXPECT_EQ(parsed->double_quant, c.scheme.double_quant) << c.label;
+    EXPECT_EQ(parsed->name(), c.label);
+    auto q = qforge::quantize(*parsed, w.data(), rows, cols);
+    ASSERT_TRUE(q.has_value()) << c.label << ": " << q.status().to_string();
+    // Byte-identical to the direct call of the format's reference quantizer.
+    const QuantizedTensor direct = quantize_ok(c, w, rows, cols);
+    EXPECT_EQ(q->codes, direct.codes) << c.label;
+    EXPECT_EQ(q->scales, direct.scales) << c.label;
+    EXPECT_EQ(q->extra, direct.extra) << c.label;
+    std::vector<float> d(w.size());
+    ASSERT_TRUE(qforge::dequantize(*q, d.data()).is_ok()) << c.label;
+    EXPECT_EQ(d, dequant(c, direct)) << c.label;
+    const FormatTraits& t = format_traits(parsed->format);
+    EXPECT_EQ(t.error_bound(*parsed), c.bound(c.scheme)) << c.label;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t col = 0; col < cols; ++col) {
+        const size_t i = static_cast<size_t>(r * cols + col);
+        const double allowed = allowed_error(c, *q, w, rows, cols, r, col);
+        ASSERT_LE(std::fabs(static_cast<double>(w[i]) - d[i]), allowed) << c.label << " element " << i;
+      }
+  }
+}
+
+TEST(PublicApi, NonFiniteWeightsAreRejected) {
+  const int64_t rows = 2, cols = 128;
+  for (const Case& c : all_cases()) {
+    for (float bad : {NAN, INFINITY, -INFINITY}) {
+      std::vector<float> w = student_t(rows * cols, 61);
+      w[170] = bad;
+      auto q = qforge::quantize(*Scheme::parse(c.label), w.data(), rows, cols);
+      ASSERT_FALSE(q.has_value()) << c.label;
+      EXPECT_NE(q.status().message().find("element 170"), std::string::npos) << q.status().message();
+    }
+  }
+}
+
+TEST(PublicApi, DequantizeRejectsTruncatedPlanes) {
+  const std::vector<float> w = student_t(4 * 64, 71);
+  for (const char* name : {"nf4-dq", "nvfp4", "mxfp4", "fp8-e4m3-ch"}) {
+    auto q = qforge::quantize(*Scheme::parse(name), w.data(), 4, 64);
+    ASSERT_TRUE(q.has_value()) << name;
+    std::vector<float> out(w.size());
+    QuantizedTensor bad = *q;
+    bad.scales.pop_back();
+    EXPECT_FALSE(qforge::dequantize(bad, out.data()).is_ok()) << name;
+    if (!q->extra.empty()) {
+      bad = *q;
+      bad.extra.pop_back();
+      EXPECT_FALSE(qforge::dequantize(bad, out.data()).is_ok()) << name;
+    }
+  }
+}
+
+TEST(PublicApi, PlaneSizesAgreeWithTheTable) {
+  for (const char* name : {"nf4-g128-dq", "nf4-g32-dq", "nvfp4", "fp4-g32"}) {
+    const Scheme s = *Scheme::parse(name);
+    for (int64_t rows : {1, 7, 300}) {
+      const int64_t cols = 256;
+      const std::vector<float> w = student_t(rows * cols, 81);
+      auto q = qforge::quantize(s, w.data(), rows, cols);
+      ASSERT_TRUE(q.has_value()) << name << ": " << q.status().to_string();
+      const PlaneSizes p = scheme_plane_sizes(s, rows, cols);
+      EXPECT_EQ(q->extra.size(), p.extra) << name;
+      if (s.format == FormatId::nf4) {
+        EXPECT_EQ(nf4_extra_bytes(s, rows, cols), p.extra) << name;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <random>
 #include <set>
@@ -461,6 +464,22 @@ TEST(FormatTable, EveryImplementedRowMeetsItsErrorBound) {
     for (const auto& p : pending) list += " " + p;
     std::printf("[ info ] not implemented yet, skipped:%s\n", list.c_str());
   }
+}
+
+// docs/formats.md lists every row and every name form; a new row without docs fails here.
+TEST(FormatTable, DocsListEveryRow) {
+  const auto path = std::filesystem::path(__FILE__).parent_path() / "../../docs/formats.md";
+  std::ifstream in(path);
+  if (!in) GTEST_SKIP() << path << " not found (source tree not beside the build)";
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string doc = text.str();
+  for (const FormatTraits& t : all_formats()) {
+    EXPECT_TRUE(contains(doc, "| " + std::to_string(static_cast<int>(t.id)) + " | `" + t.name + "` |"))
+        << "docs/formats.md has no table row for " << t.name;
+  }
+  for (const std::string& form : scheme_name_forms())
+    EXPECT_TRUE(contains(doc, "\n" + form + "\n")) << "docs/formats.md lacks the name form " << form;
 }
 
 TEST(ErrorStats, HandComputed) {
