@@ -275,7 +275,7 @@ TEST(Cli, AnalyzeReportsSkipsAndWritesJson) {
   const std::string dir = test::temp_dir();
   const std::string model = write_tiny_llama(dir + "/m");
   const std::string json_path = dir + "/a.json";
-  CliRun r = qforge_cli("analyze " + model + " --scheme int8-ch-sym --scheme int4-g256-asym --json " + json_path);
+  CliRun r = qforge_cli("analyze " + model + " --scheme int8-ch-sym,int4-g256-asym --json " + json_path);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "skipped")) << r.out;  // 128 columns are not a multiple of 256
   json j = json::parse(read_bytes(json_path));
@@ -300,6 +300,9 @@ TEST(Cli, InspectPackedFile) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "qforge-packed")) << r.out;
   EXPECT_TRUE(contains(r.out, "nf4")) << r.out;
+  CliRun again = qforge_cli("analyze " + out + " --scheme nf4");
+  EXPECT_EQ(again.code, 1);
+  EXPECT_TRUE(contains(again.out, "is a qforge packed file")) << again.out;
   CliRun j = qforge_cli("inspect --json " + out);
   ASSERT_EQ(j.code, 0) << j.out;
   json report = json::parse(j.out);
