@@ -251,7 +251,9 @@ std::string gpt2_tokenizer_json(const GgufFile& f) {
   auto tokens = *f.get_array<std::string>("tokenizer.ggml.tokens");
   for (size_t i = 0; i < tokens.size(); ++i) vocab[tokens[i]] = i;
   nlohmann::json merges = nlohmann::json::array();
-  for (const std::string& m : *f.get_array<std::string>("tokenizer.ggml.merges")) merges.push_back(m);
+  // Bind the Expected first: a range-for over `*temporary` would dangle.
+  auto merge_list = f.get_array<std::string>("tokenizer.ggml.merges");
+  for (const std::string& m : *merge_list) merges.push_back(m);
   nlohmann::json j = {
       {"version", "1.0"},
       {"added_tokens", {added_token(50256, "<|endoftext|>", true)}},
