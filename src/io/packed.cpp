@@ -295,7 +295,9 @@ Expected<PackedFile> PackedFile::from_safetensors(SafetensorsFile file) {
     auto tensors = m.find("tensors");
     if (tensors == m.end() || !tensors->is_object()) return manifest_error(path, "missing object 'tensors'");
 
-    for (const auto& [name, entry] : tensors->items()) {
+    for (const auto& item : tensors->items()) {
+      const std::string& name = item.key();  // not a structured binding: lambdas capture it
+      const json& entry = item.value();
       auto fail = [&](const std::string& what) { return manifest_error(path, "tensor '" + name + "': " + what); };
       if (!entry.is_object()) return fail("entry is not an object");
       auto scheme_it = entry.find("scheme");

@@ -126,6 +126,21 @@ TEST(Packed, DeterministicBytes) {
   ASSERT_TRUE(write_packed(dir + "/1.safetensors", q, plain).is_ok());
   ASSERT_TRUE(write_packed(dir + "/2.safetensors", q, plain).is_ok());
   EXPECT_TRUE(read_bytes(dir + "/1.safetensors") == read_bytes(dir + "/2.safetensors")) << "two writes differ";
+  // Nothing else (spool or temp files) is left in the directory.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 2);
+}
+
+TEST(Packed, FailingProducerLeavesNothing) {
+  const std::string dir = test::temp_dir();
+  PackedWriter w(dir + "/out.safetensors");
+  ASSERT_TRUE(w.add_quantized("w", quantize_or_die("int8-ch-sym", weights(4, 32, 6), 4, 32), DType::f32).is_ok());
+  ASSERT_TRUE(w.add_plain_lazy("p", DType::f32, {2}, [](uint8_t*, size_t) {
+                 return io_error("source vanished");
+               }).is_ok());
+  Status s = w.finish();
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("source vanished"), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::is_empty(dir)) << "files left in " << dir;
 }
 
 TEST(Packed, TransposedFlagRoundTrips) {

@@ -93,7 +93,11 @@ Expected<std::vector<SelectedTensor>> select_tensors(const SafetensorsCheckpoint
                                                      std::vector<std::string>* not_2d) {
   // With a filter the architecture is optional: it only tells which matches are transposed.
   Expected<Architecture> arch = checkpoint_architecture(ckpt);
-  if (!arch && !selection.filter) return arch.status();
+  if (!arch && !selection.filter) {
+    const std::string& m = arch.status().message();
+    if (m.find("--filter") != std::string::npos) return arch.status();
+    return Status::error(arch.status().code(), m + " (select tensors by name with --filter)");
+  }
   const bool transposed_arch = arch && linear_weights_transposed(*arch, TensorNaming::hf);
   std::vector<SelectedTensor> out;
   for (const auto& name : ckpt.tensor_names()) {

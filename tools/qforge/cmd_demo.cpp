@@ -304,8 +304,9 @@ int run_demo(const std::string& out_dir, uint64_t seed, bool full) {
     print_analyze_tensors(*analysis, stdout);
     std::printf("\n");
   }
+  std::printf("totals over all %zu weights (weighted by element count):\n", names->size());
   print_analyze_totals(*analysis, stdout);
-  std::printf("\n");
+  std::printf("\nby projection (signal and noise summed over the layers):\n");
   print_by_kind(*analysis, stdout);
   std::printf("\n");
 
