@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "qforge/atomic_file.h"
+#include "qforge/format.h"
 #include "qforge/gguf.h"
 #include "test_support.h"
 
@@ -188,6 +189,29 @@ TEST(GgmlTypes, TensorByteSizes) {
   EXPECT_FALSE(ggml_tensor_nbytes(GgmlType::F32, huge).has_value());
   const std::vector<int64_t> bytes_overflow = {int64_t{1} << 62};  // element count fits, bytes do not
   EXPECT_FALSE(ggml_tensor_nbytes(GgmlType::F32, bytes_overflow).has_value());
+}
+
+// The quantization format table maps some formats to ggml types; those rows must agree with the
+// container's view of the type, or qforge would write tensors whose byte size llama.cpp rejects.
+TEST(GgmlTypes, AgreeWithTheFormatTable) {
+  int mapped = 0;
+  for (const FormatTraits& row : all_formats()) {
+    if (row.gguf_type < 0) continue;
+    ++mapped;
+    SCOPED_TRACE(std::string("format row ") + row.name + ", gguf_type " + std::to_string(row.gguf_type));
+    const GgmlTypeInfo* ggml = find_ggml_type(static_cast<uint32_t>(row.gguf_type));
+    ASSERT_NE(ggml, nullptr) << ggml_type_id_description(static_cast<uint32_t>(row.gguf_type));
+    EXPECT_EQ(find_format_by_gguf_type(row.gguf_type), &row) << "two rows claim one ggml type";
+    if (row.block > 0) {
+      EXPECT_EQ(row.block, ggml->block_size) << ggml->name;
+      EXPECT_EQ(static_cast<uint32_t>(row.bytes_per_block), ggml->type_size) << ggml->name;
+    } else {
+      // A plain cast (f32/f16/bf16): one element per block, max_bits / 8 bytes each.
+      EXPECT_EQ(ggml->block_size, 1) << ggml->name << " is a block type but the row has no fixed block";
+      EXPECT_EQ(static_cast<uint32_t>(row.max_bits / 8), ggml->type_size) << ggml->name;
+    }
+  }
+  EXPECT_GT(mapped, 0) << "no format row maps to a ggml type";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,12 +1,49 @@
-// qforge command-line entry point (skeleton; commands are added in tools/qforge/cmd_*.cpp).
+// qforge command-line entry point. Each subcommand lives in its own cmd_*.cpp.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <exception>
+#include <new>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "qforge/progress.h"
 
 int main(int argc, char** argv) {
+  using namespace qforge::cli;
   CLI::App app{"qforge: quantize neural networks and measure what it cost"};
+  app.name("qforge");
   app.set_version_flag("--version", QFORGE_VERSION);
   app.require_subcommand(1);
-  CLI11_PARSE(app, argc, argv);
-  return 0;
+  app.footer("Run 'qforge <command> --help' for a command's options.");
+
+  int exit_code = 0;
+  add_inspect_command(app, &exit_code);
+  add_analyze_command(app, &exit_code);
+  add_quantize_command(app, &exit_code);
+  add_dequantize_command(app, &exit_code);
+  add_demo_command(app, &exit_code);
+
+  set_command_line(argc, argv);
+  qforge::install_interrupt_handler();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "qforge: error: %s\n", e.what());
+    std::fprintf(stderr, "Run 'qforge --help' or 'qforge <command> --help' for usage.\n");
+    return kExitUsage;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "qforge: error: out of memory\n");
+    return kExitError;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qforge: error: %s\n", e.what());
+    return kExitError;
+  }
+  return exit_code;
 }

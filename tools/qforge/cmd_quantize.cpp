@@ -1,0 +1,210 @@
+// qforge quantize PATH --scheme S --out OUT: weight-only round-to-nearest quantization of the
+// linear weights into qforge's packed safetensors layout.
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <set>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "qforge/packed.h"
+#include "qforge/parallel.h"
+
+namespace qforge::cli {
+namespace {
+
+uint64_t file_size_or_zero(const std::string& path) {
+  std::error_code ec;
+  auto n = std::filesystem::file_size(path, ec);
+  return ec ? 0 : static_cast<uint64_t>(n);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::exists(a, ec) && std::filesystem::exists(b, ec) && std::filesystem::equivalent(a, b, ec);
+}
+
+// A plain tensor copied from the (memory-mapped) source during the write; the copy point is where
+// an interrupt is noticed.
+Status add_plain_copy(PackedWriter& writer, const std::string& name, const Tensor& t) {
+  return writer.add_plain_lazy(name, t.dtype(), t.shape(), [t](uint8_t* out, size_t nbytes) -> Status {
+    QFORGE_RETURN_IF_ERROR(check_interrupted("quantize"));
+    if (nbytes != t.nbytes()) return Status::error(ErrorCode::internal, "plain tensor size changed");
+    std::memcpy(out, t.data(), nbytes);
+    return Status::ok();
+  });
+}
+
+}  // namespace
+
+Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
+  const double start = now_seconds();
+  QFORGE_RETURN_IF_ERROR(check_output_path(req.output, "--out"));
+  if (same_file(req.input, req.output))
+    return invalid_argument("--out '" + req.output + "' is the input file; choose another path");
+  QFORGE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::open(req.input));
+  if (ckpt.metadata().count(kPackedMetadataKey))
+    return invalid_argument(req.input + " is already a qforge packed file (run 'qforge dequantize' first)");
+
+  std::vector<std::string> not_2d;
+  QFORGE_ASSIGN_OR_RETURN(std::vector<SelectedTensor> selected, select_tensors(ckpt, req.selection, &not_2d));
+  if (!not_2d.empty() && req.selection.filter) {
+    std::string list;
+    for (const auto& n : not_2d) list += (list.empty() ? "" : ", ") + n;
+    warn("--filter also matched tensors that are not 2-D; kept as they are: " + list);
+  }
+  if (selected.empty())
+    return invalid_argument(req.input + ": no 2-D tensors selected for quantization" +
+                            (req.selection.filter ? std::string(" (check --filter/--keep)")
+                                                  : std::string(" (no linear-layer weights found; use --filter)")));
+
+  QuantizeSummary summary;
+  summary.input_bytes = 0;
+  for (const auto& f : ckpt.files()) summary.input_bytes += f.file_size();
+
+  // Weights the scheme cannot represent (e.g. group size not dividing the columns) stay as they are.
+  std::vector<SelectedTensor> to_quantize;
+  std::set<std::string> quantized_set;
+  for (const auto& sel : selected) {
+    const SafetensorsTensorInfo* info = ckpt.find(sel.name);
+    const int64_t rows = sel.transposed ? info->shape[1] : info->shape[0];
+    const int64_t cols = sel.transposed ? info->shape[0] : info->shape[1];
+    if (Status v = validate_scheme(req.scheme, rows, cols); !v) {
+      summary.kept_incompatible.push_back(sel.name + " (" + v.message() + ")");
+      continue;
+    }
+    to_quantize.push_back(sel);
+    quantized_set.insert(sel.name);
+  }
+
+  PackedWriter writer(req.output);
+  writer.set_command(command_line());
+  for (const auto& [k, v] : ckpt.metadata()) QFORGE_RETURN_IF_ERROR(writer.set_metadata(k, v));
+
+  // Quantize in parallel; planes enter the writer in selection order (ordered region), so the file
+  // does not depend on the thread count, and at most ~one tensor per thread is held in memory.
+  Progress progress("quantize", static_cast<int64_t>(to_quantize.size()), "tensors", progress_options());
+  Status first_error;  // written only inside the ordered region
+  std::atomic<bool> failed{false};
+  const int64_t count = static_cast<int64_t>(to_quantize.size());
+#pragma omp parallel for ordered schedule(dynamic, 1)
+  for (int64_t i = 0; i < count; ++i) {
+    const SelectedTensor& sel = to_quantize[static_cast<size_t>(i)];
+    Expected<QuantizedTensor> q = cancelled("quantize: interrupted");
+    DType dtype = DType::f32;
+    if (!failed.load() && !interrupted()) {
+      Expected<WeightMatrix> m = load_weight_matrix(ckpt, sel);
+      if (!m) {
+        q = m.status();
+      } else {
+        dtype = m->dtype;
+        q = quantize(req.scheme, m->data(), m->rows, m->cols);
+        if (!q) q = q.status().with_context(req.input + ": tensor '" + sel.name + "'");
+      }
+    }
+#pragma omp ordered
+    {
+      if (!failed.load()) {
+        Status st = q ? writer.add_quantized(sel.name, *q, dtype, sel.transposed) : q.status();
+        if (st) {
+          const uint64_t in_bytes = ckpt.find(sel.name)->end - ckpt.find(sel.name)->begin;
+          summary.quantized_tensors += 1;
+          summary.quantized_elements += q->rows * q->cols;
+          summary.quantized_bytes_in += in_bytes;
+          summary.quantized_bytes_out += q->nbytes();
+          if (req.verbose)
+            std::printf("  %-56s %-14s %s -> %s\n", sel.name.c_str(),
+                        shape_to_string(ckpt.find(sel.name)->shape).c_str(), format_bytes(in_bytes).c_str(),
+                        format_bytes(q->nbytes()).c_str());
+        } else {
+          first_error = st;
+          failed.store(true);
+        }
+      }
+    }
+    progress.tick();
+  }
+  progress.finish();
+  if (failed.load()) return first_error;
+  QFORGE_RETURN_IF_ERROR(check_interrupted("quantize"));
+
+  for (const auto& name : ckpt.tensor_names()) {
+    if (quantized_set.count(name)) continue;
+    QFORGE_ASSIGN_OR_RETURN(Tensor t, ckpt.tensor(name));
+    QFORGE_RETURN_IF_ERROR(add_plain_copy(writer, name, t));
+    summary.plain_tensors += 1;
+  }
+  QFORGE_RETURN_IF_ERROR(writer.finish());
+  summary.output_bytes = file_size_or_zero(req.output);
+  summary.seconds = now_seconds() - start;
+  return summary;
+}
+
+void print_quantize_summary(const QuantizeRequest& req, const QuantizeSummary& s, std::FILE* out, const char* indent) {
+  for (const auto& k : s.kept_incompatible) warn("kept unquantized: " + k);
+  std::fprintf(out, "%squantized %lld tensors (%s parameters) with %s: %s -> %s (%.3f bits/weight)\n",
+               indent, static_cast<long long>(s.quantized_tensors),
+               format_count(static_cast<uint64_t>(s.quantized_elements)).c_str(), req.scheme.name().c_str(),
+               format_bytes(s.quantized_bytes_in).c_str(), format_bytes(s.quantized_bytes_out).c_str(),
+               s.quantized_elements > 0
+                   ? 8.0 * static_cast<double>(s.quantized_bytes_out) / static_cast<double>(s.quantized_elements)
+                   : 0.0);
+  std::fprintf(out, "%skept %lld tensors as they were; wrote %s (%s, input %s, %.2fx smaller) in %s\n", indent,
+               static_cast<long long>(s.plain_tensors), req.output.c_str(), format_bytes(s.output_bytes).c_str(),
+               format_bytes(s.input_bytes).c_str(),
+               s.output_bytes > 0 ? static_cast<double>(s.input_bytes) / static_cast<double>(s.output_bytes) : 0.0,
+               format_seconds(s.seconds).c_str());
+}
+
+void add_quantize_command(CLI::App& app, int* exit_code) {
+  struct Options {
+    std::string input;
+    std::string scheme;
+    std::string output;
+    std::string filter;
+    std::string keep;
+    int threads = 0;
+    bool verbose = false;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "quantize", "Round-to-nearest weight-only quantization into qforge's packed safetensors layout");
+  cmd->add_option("path", opt->input, "A .safetensors file or an HF model directory")->required();
+  cmd->add_option("-s,--scheme", opt->scheme, "Quantization scheme, e.g. int4-g128-asym, int8-ch-sym, nf4")
+      ->required();
+  cmd->add_option("-o,--out", opt->output, "Output .safetensors file (written atomically)")->required();
+  cmd->add_option("--filter", opt->filter,
+                  "Regex (ECMAScript, matched anywhere in the name) selecting the tensors to quantize instead of "
+                  "the default linear-layer weights");
+  cmd->add_option("--keep", opt->keep, "Regex of tensor names to keep in their original dtype");
+  cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_flag("-v,--verbose", opt->verbose, "List each quantized tensor");
+  cmd->callback([opt, exit_code] {
+    auto fail = [&](const Status& s) { *exit_code = report_error(s); };
+    QuantizeRequest req;
+    req.input = opt->input;
+    req.output = opt->output;
+    req.verbose = opt->verbose;
+    Expected<std::vector<Scheme>> schemes = parse_schemes({opt->scheme}, "--scheme");
+    if (!schemes) return fail(schemes.status());
+    req.scheme = schemes->front();
+    Expected<std::optional<std::regex>> filter = compile_regex(opt->filter, "--filter");
+    if (!filter) return fail(filter.status());
+    Expected<std::optional<std::regex>> keep = compile_regex(opt->keep, "--keep");
+    if (!keep) return fail(keep.status());
+    req.selection.filter = *filter;
+    req.selection.keep = *keep;
+    std::optional<ScopedThreadLimit> limit;
+    if (opt->threads > 0) limit.emplace(opt->threads);
+    Expected<QuantizeSummary> s = quantize_checkpoint(req);
+    if (!s) return fail(s.status());
+    print_quantize_summary(req, *s, stdout);
+    *exit_code = 0;
+  });
+}
+
+}  // namespace qforge::cli

@@ -1,0 +1,113 @@
+// The qforge subcommands. Each add_*_command registers a CLI11 subcommand whose callback stores
+// the command's exit code in *exit_code. The engines behind analyze/quantize/dequantize are
+// exposed so `qforge demo` runs exactly the code paths of the individual commands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli_common.h"
+#include "qforge/format.h"
+#include "qforge/safetensors.h"
+
+namespace qforge::cli {
+
+void add_inspect_command(CLI::App& app, int* exit_code);
+void add_analyze_command(CLI::App& app, int* exit_code);
+void add_quantize_command(CLI::App& app, int* exit_code);
+void add_dequantize_command(CLI::App& app, int* exit_code);
+void add_demo_command(CLI::App& app, int* exit_code);
+
+// ---- analyze ----------------------------------------------------------------------------------
+
+// One tensor under one scheme.
+struct AnalyzeCell {
+  bool skipped = false;
+  std::string reason;  // why it was skipped
+  ErrorStats stats;
+  double signal = 0;  // sum ref^2
+  double noise = 0;   // sum (ref - approx)^2
+  uint64_t nbytes = 0;  // bytes of the quantized planes
+  double bits_per_weight = 0;
+};
+
+struct AnalyzeTensor {
+  std::string name;
+  Shape shape;  // as stored in the checkpoint
+  bool transposed = false;  // quantized as its transpose (see SelectedTensor)
+  std::vector<AnalyzeCell> cells;  // one per scheme, in the order given
+};
+
+// Totals of one scheme over the tensors it applied to, weighted by element count.
+struct AnalyzeTotals {
+  int64_t tensors = 0;
+  int64_t skipped = 0;
+  int64_t elements = 0;
+  double signal = 0, noise = 0;
+  double max_abs = 0;
+  uint64_t nbytes = 0;
+  double sqnr_db() const;
+  double rel_rmse() const;
+  double bits_per_weight() const;
+};
+
+struct AnalyzeResult {
+  std::string source;
+  std::vector<Scheme> schemes;
+  std::vector<AnalyzeTensor> tensors;  // in selection (natural) order
+  std::vector<AnalyzeTotals> totals;   // one per scheme
+};
+
+// Quantizes each named tensor in memory with each scheme (OpenMP over tensors; the result does
+// not depend on the thread count).
+Expected<AnalyzeResult> analyze_tensors(const SafetensorsCheckpoint& ckpt, const std::vector<SelectedTensor>& tensors,
+                                        const std::vector<Scheme>& schemes);
+void print_analyze_tensors(const AnalyzeResult& r, std::FILE* out);
+void print_analyze_totals(const AnalyzeResult& r, std::FILE* out);
+Status write_analyze_json(const AnalyzeResult& r, const std::string& path);
+
+// ---- quantize ---------------------------------------------------------------------------------
+
+struct QuantizeRequest {
+  std::string input;   // checkpoint file or HF directory
+  std::string output;  // .safetensors
+  Scheme scheme;
+  Selection selection;
+  bool verbose = false;
+};
+
+struct QuantizeSummary {
+  int64_t quantized_tensors = 0;
+  int64_t quantized_elements = 0;
+  uint64_t quantized_bytes_in = 0;   // bytes of those tensors in the source
+  uint64_t quantized_bytes_out = 0;  // bytes of their planes
+  int64_t plain_tensors = 0;
+  uint64_t input_bytes = 0;
+  uint64_t output_bytes = 0;
+  std::vector<std::string> kept_incompatible;  // selected but not quantizable with the scheme (reason)
+  double seconds = 0;
+};
+
+Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& request);
+void print_quantize_summary(const QuantizeRequest& request, const QuantizeSummary& s, std::FILE* out,
+                            const char* indent = "");
+
+// ---- dequantize -------------------------------------------------------------------------------
+
+struct DequantizeSummary {
+  int64_t dequantized_tensors = 0;
+  int64_t plain_tensors = 0;
+  uint64_t output_bytes = 0;
+  double seconds = 0;
+};
+
+// `dtype`: the dtype of dequantized tensors (nullopt: each tensor's original dtype).
+Expected<DequantizeSummary> dequantize_file(const std::string& input, const std::string& output,
+                                            std::optional<DType> dtype);
+
+}  // namespace qforge::cli
