@@ -243,6 +243,10 @@ class Model {
   // Runs the chunks (distinct sequences) through the model, appending their K/V to `cache`.
   // `logits` receives [total_tokens, vocab] (LogitsMode::all) or [n_chunks, vocab] (last).
   Status forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, Tensor* logits);
+  // The same, writing the logits into a caller's buffer of exactly rows x vocab floats (rows as
+  // above; empty for LogitsMode::none), e.g. one reused across calls. The size is checked before
+  // anything runs.
+  Status forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, std::span<float> logits);
   // A whole [batch, seq_len] batch from scratch: logits [batch, seq_len, vocab].
   Expected<Tensor> forward_batch(const int32_t* input_ids, int64_t batch, int64_t seq_len);
 

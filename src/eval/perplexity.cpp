@@ -135,20 +135,24 @@ Expected<EvalReport> evaluate(Model& model, const EvalWindows& windows, const Ev
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  Tensor logits, ref_logits;
+  // Logits buffers reused by every batch: [per_batch * ctx, V].
+  std::vector<float> logits(static_cast<size_t>(per_batch * ctx * V));
+  std::vector<float> ref_logits(ref_model != nullptr ? logits.size() : 0);
   for (int64_t w0 = 0; w0 < n_windows; w0 += per_batch) {
     if (options.should_stop) QFORGE_RETURN_IF_ERROR(options.should_stop());
     const int64_t nb = std::min(per_batch, n_windows - w0);
     std::vector<TokenChunk> chunks;
     for (int64_t i = 0; i < nb; ++i) chunks.push_back({i, windows.window(w0 + i)});
     cache.clear();
-    QFORGE_RETURN_IF_ERROR(model.forward(chunks, cache, LogitsMode::all, &logits));
+    const size_t used = static_cast<size_t>(nb * ctx * V);
+    QFORGE_RETURN_IF_ERROR(model.forward(chunks, cache, LogitsMode::all, std::span<float>(logits.data(), used)));
     if (ref_model != nullptr) {
       ref_cache.clear();
-      QFORGE_RETURN_IF_ERROR(ref_model->forward(chunks, ref_cache, LogitsMode::all, &ref_logits));
+      QFORGE_RETURN_IF_ERROR(
+          ref_model->forward(chunks, ref_cache, LogitsMode::all, std::span<float>(ref_logits.data(), used)));
     }
-    float* lg = logits.data_as<float>();
-    const float* rl = ref_model != nullptr ? ref_logits.data_as<float>() : nullptr;
+    float* lg = logits.data();
+    const float* rl = ref_model != nullptr ? ref_logits.data() : nullptr;
     const LogitsCacheReader* rc = reference.cache;
 
     // One scored position per item: row p of window i predicts token p + 1.
