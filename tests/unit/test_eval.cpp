@@ -7,8 +7,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
+
+#include <nlohmann/json.hpp>
 
 #include "eval/softmax_rows.h"
 #include "qforge/eval.h"
@@ -472,6 +475,209 @@ TEST(LogitsCache, UnfinishedWriterLeavesNothing) {
     EXPECT_FALSE(writer->commit().is_ok());  // nothing written yet
   }
   EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The CLI: qforge eval / qforge run
+
+std::string quote(const std::string& s) { return "'" + s + "'"; }
+
+std::string models() { return test::shared_dir() + "/models"; }
+
+int qforge(const std::string& args, std::string* out) {
+  return test::run_command(quote(test::cli_path()) + " " + args, out);
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+std::string write_text(const std::string& name, const std::string& text) {
+  const std::string path = test::temp_dir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string story_text() {
+  std::string t;
+  for (int i = 0; i < 12; ++i)
+    t += "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+         "friends. One day, she saw a big red ball under a tree and ran to get it.\n\n";
+  return t;
+}
+
+TEST(EvalCli, RunStories260KGreedyZoo) {
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const std::string dir = models() + "/stories260K";
+  std::string out;
+  const int rc = qforge("run " + quote(dir + "/stories260K.bin") + " --tokenizer " + quote(dir + "/tok512.bin") +
+                            " -p Zoo -n 60 --temp 0 --threads 1",
+                        &out);
+  ASSERT_EQ(rc, 0) << out;
+  // ../shared/README.md: greedy generation from "Zoo" (60 steps) gives this text.
+  EXPECT_NE(out.find("Zoo was a little girl named Lily. She loved to play outside in the park."), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("prefill:"), std::string::npos) << out;
+  EXPECT_NE(out.find("tokens/s"), std::string::npos) << out;
+}
+
+TEST(EvalCli, RunSamplingIsDeterministicForASeed) {
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const std::string dir = models() + "/stories260K";
+  auto gen = [&](int seed) {
+    std::string out;
+    EXPECT_EQ(qforge("run " + quote(dir + "/stories260K.bin") + " --tokenizer " + quote(dir + "/tok512.bin") +
+                         " -p 'Once upon' -n 40 --temp 1.0 --top-k 20 --top-p 0.9 --seed " + std::to_string(seed) +
+                         " --threads 1",
+                     &out),
+              0)
+        << out;
+    return out.substr(0, out.find("\nprefill:"));  // the timing line differs between runs
+  };
+  const std::string a = gen(7), b = gen(7), c = gen(8);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_EQ(a.rfind("Once upon", 0), 0u) << a;
+}
+
+TEST(EvalCli, SelfReferenceAndLogitsCacheOnStories260K) {
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const std::string dir = models() + "/stories260K";
+  const std::string model = quote(dir + "/stories260K.bin") + " --tokenizer " + quote(dir + "/tok512.bin");
+  const std::string text = write_text("story.txt", story_text());
+  const std::string tmp = test::temp_dir();
+  std::string out;
+  // Against itself: KLD exactly 0, 100% top-1 agreement.
+  ASSERT_EQ(qforge("eval " + model + " --text " + quote(text) + " --ctx 64 --ref " + quote(dir + "/stories260K.bin") +
+                       " --json " + quote(tmp + "/self.json"),
+                   &out),
+            0)
+      << out;
+  nlohmann::json self = read_json(tmp + "/self.json");
+  EXPECT_EQ(self["protocol"], "qforge-ppl-v1");
+  EXPECT_EQ(self["kld_max"].get<double>(), 0.0);
+  EXPECT_EQ(self["kld_mean"].get<double>(), 0.0);
+  EXPECT_EQ(self["top1_agreement"].get<double>(), 100.0);
+  EXPECT_EQ(self["ppl"].get<double>(), self["ref_ppl"].get<double>());
+  EXPECT_EQ(self["tokens_scored"].get<int64_t>(), self["windows"].get<int64_t>() * 63);
+  for (const char* key : {"ppl", "ppl_stderr", "tokens_scored", "windows", "ctx", "kld_median", "kld_p99", "delta_p_rms"})
+    EXPECT_TRUE(self.contains(key)) << key;
+
+  // Save the log-probabilities, then use them as the reference.
+  const std::string cache = tmp + "/ref.safetensors";
+  ASSERT_EQ(qforge("eval " + model + " --text " + quote(text) + " --ctx 64 --max-windows 3 --save-logits " +
+                       quote(cache) + " --json " + quote(tmp + "/save.json"),
+                   &out),
+            0)
+      << out;
+  ASSERT_EQ(qforge("eval " + model + " --text " + quote(text) + " --ctx 64 --max-windows 3 --ref-logits " +
+                       quote(cache) + " --json " + quote(tmp + "/cached.json"),
+                   &out),
+            0)
+      << out;
+  nlohmann::json cached = read_json(tmp + "/cached.json");
+  EXPECT_LT(cached["kld_max"].get<double>(), 1e-4);  // f16 log-probabilities (docs/evaluation.md)
+  EXPECT_EQ(cached["top1_agreement"].get<double>(), 100.0);
+  EXPECT_NEAR(cached["ref_ppl"].get<double>(), read_json(tmp + "/save.json")["ppl"].get<double>(), 1e-2);
+  // A cache made with another context length or over fewer windows is refused, naming the file.
+  EXPECT_NE(qforge("eval " + model + " --text " + quote(text) + " --ctx 32 --max-windows 3 --ref-logits " + quote(cache),
+                   &out),
+            0);
+  EXPECT_NE(out.find("context length 64"), std::string::npos) << out;
+  EXPECT_NE(out.find(cache), std::string::npos) << out;
+  EXPECT_NE(qforge("eval " + model + " --text " + quote(text) + " --ctx 64 --max-windows 5 --ref-logits " + quote(cache),
+                   &out),
+            0);
+  EXPECT_NE(out.find("holds 3 windows"), std::string::npos) << out;
+  const std::string other = write_text("other.txt", story_text() + "The end.");
+  EXPECT_NE(qforge("eval " + model + " --text " + quote(other) + " --ctx 64 --max-windows 3 --ref-logits " + quote(cache),
+                   &out),
+            0);
+  EXPECT_NE(out.find("another text"), std::string::npos) << out;
+}
+
+TEST(EvalCli, RefLlama25mFirstWindowsArePlausible) {
+  QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
+  const std::string dir = models() + "/ref-llama-25m";
+  const std::string json = test::temp_dir() + "/r.json";
+  std::string out;
+  ASSERT_EQ(qforge("eval " + quote(dir) + " --text " + quote(dir + "/heldout.txt") +
+                       " --ctx 512 --max-windows 8 --json " + quote(json),
+                   &out),
+            0)
+      << out;
+  nlohmann::json r = read_json(json);
+  EXPECT_EQ(r["windows"], 8);
+  EXPECT_EQ(r["windows_total"], 410);  // 210084 tokens with BOS (reference_metrics.json) / 512
+  EXPECT_EQ(r["tokens_in_text"], 210084);
+  EXPECT_EQ(r["tokens_scored"], 8 * 511);
+  EXPECT_EQ(r["bos"], 1);
+  // The whole file gives 11.79; its first windows are easier text for this partly memorising model.
+  const double ppl = r["ppl"].get<double>();
+  EXPECT_GT(ppl, 2.0);
+  EXPECT_LT(ppl, 40.0);
+}
+
+TEST(EvalCli, ClearErrorsForBadInputs) {
+  QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  namespace fs = std::filesystem;
+  const std::string ref = models() + "/ref-llama-25m";
+  const std::string stories = models() + "/stories260K";
+  const std::string story = write_text("s.txt", story_text());
+  std::string out;
+  auto expect_failure = [&](const std::string& args, const std::vector<std::string>& needles) {
+    const int rc = qforge(args, &out);
+    EXPECT_NE(rc, 0) << args << "\n" << out;
+    EXPECT_NE(out.find("error"), std::string::npos) << out;
+    for (const std::string& n : needles) EXPECT_NE(out.find(n), std::string::npos) << "'" << n << "' missing in: " << out;
+  };
+  auto hf_copy = [&](const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+    const std::string d = test::temp_dir() + "/" + name;
+    fs::create_directories(d);
+    nlohmann::json cfg = read_json(ref + "/config.json");
+    edit(cfg);
+    std::ofstream(d + "/config.json") << cfg.dump(2);
+    for (const char* f : {"model.safetensors.index.json", "tokenizer.model", "model-00001-of-00003.safetensors",
+                          "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"})
+      fs::create_symlink(ref + "/" + f, d + "/" + f);
+    return d;
+  };
+  const std::string text = " --text " + quote(story) + " --ctx 16";
+  // config.json missing a field: names the field and the file.
+  const std::string no_field = hf_copy("nofield", [](nlohmann::json& c) { c.erase("num_hidden_layers"); });
+  expect_failure("eval " + quote(no_field) + text, {"num_hidden_layers", no_field + "/config.json"});
+  // Unknown architecture.
+  const std::string mamba = hf_copy("mamba", [](nlohmann::json& c) {
+    c["model_type"] = "mamba";
+    c["architectures"] = {"MambaForCausalLM"};
+  });
+  expect_failure("eval " + quote(mamba) + text, {"mamba"});
+  // A shard listed in the index is missing.
+  const std::string shardless = hf_copy("shardless", [](nlohmann::json&) {});
+  fs::remove(shardless + "/model-00003-of-00003.safetensors");
+  expect_failure("eval " + quote(shardless) + text, {"model-00003-of-00003.safetensors"});
+  // A corrupt tokenizer file, given with --tokenizer.
+  const std::string junk = write_text("junk.model", "this is not a tokenizer");
+  expect_failure("eval " + quote(ref) + text + " --tokenizer " + quote(junk), {"--tokenizer", junk});
+  // llama2.c needs --tokenizer.
+  expect_failure("eval " + quote(stories + "/stories260K.bin") + text, {"--tokenizer"});
+  const std::string s260 = quote(stories + "/stories260K.bin") + " --tokenizer " + quote(stories + "/tok512.bin");
+  // Empty text file; text shorter than one window; missing text file.
+  const std::string empty = write_text("empty.txt", "");
+  expect_failure("eval " + s260 + " --text " + quote(empty), {"--text", empty, "empty"});
+  const std::string tiny = write_text("tiny.txt", "Hello there.");
+  expect_failure("eval " + s260 + " --text " + quote(tiny) + " --ctx 512", {tiny, "fewer than one window of 512"});
+  expect_failure("eval " + s260 + " --text " + quote(test::temp_dir() + "/absent.txt"), {"--text", "absent.txt"});
+  // Bad options.
+  expect_failure("eval " + s260 + " --text " + quote(story) + " --ctx 1", {"--ctx"});
+  expect_failure("eval " + s260 + " --text " + quote(story) + " --ref x --ref-logits y", {"--ref"});
+  expect_failure("run " + s260 + " -p Hi --top-p 0", {"--top-p"});
+  expect_failure("run " + s260 + " -p Hi --temp -1", {"--temp"});
+  // A missing model path.
+  expect_failure("eval " + quote(test::temp_dir() + "/nothing") + text, {"nothing"});
 }
 
 }  // namespace
