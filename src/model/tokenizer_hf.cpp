@@ -323,8 +323,8 @@ class HfTokenizer final : public VocabTokenizer {
     const std::string& text = vocab_.texts[static_cast<size_t>(id)];
     switch (vocab_.kind(id)) {
       case TokenKind::control: return render_special ? text : std::string();
+      case TokenKind::unknown: return style_ == PieceStyle::wordpiece ? " " + text : text;  // [UNK] stands for a word
       case TokenKind::user_defined:
-      case TokenKind::unknown:
       case TokenKind::unused: return text;
       case TokenKind::byte: return std::string(1, static_cast<char>(*parse_byte_token(text)));
       case TokenKind::normal: break;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -395,6 +396,402 @@ TEST_P(HfJsonVocabTest, EncodesLlamaCppVectors) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocabs, HfJsonVocabTest, ::testing::Values("gpt-2", "bert-bge", "llama-spm"));
+
+TEST(HfTokenizer, RejectsMalformedAndUnsupportedFiles) {
+  const std::string dir = test::temp_dir();
+  struct Case {
+    const char* name;
+    const char* json;
+    const char* expect;  // in the message besides the file name
+  };
+  const Case cases[] = {
+      {"truncated.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0", "malformed JSON"},
+      {"array.json", "[1, 2]", "not a JSON object"},
+      {"nomodel.json", "{\"version\": \"1.0\"}", "'model'"},
+      {"unigram.json", "{\"model\": {\"type\": \"Unigram\", \"vocab\": {}}}", "Unigram"},
+      {"badid.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": -3}}}", "model.vocab['a']"},
+      {"badmerge.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}", "merges[0]"},
+      {"pretok.json",
+       "{\"pre_tokenizer\": {\"type\": \"UnicodeScripts\"}, \"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}",
+       "UnicodeScripts"},
+      {"regex.json",
+       "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\d+\"}, \"behavior\": \"Isolated\"}, "
+       "\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}",
+       "regex"},
+      {"norm.json", "{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}", "NFKC"},
+      {"added.json",
+       "{\"added_tokens\": [{\"id\": \"x\", \"content\": \"y\"}], \"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}",
+       "added_tokens[0]"},
+  };
+  for (const Case& c : cases) {
+    const std::string path = dir + "/" + c.name;
+    write_all(path, c.json);
+    auto tok = load_tokenizer(path);
+    ASSERT_FALSE(tok.has_value()) << c.name << " loaded";
+    EXPECT_NE(tok.status().message().find(path), std::string::npos) << tok.status().message();
+    EXPECT_NE(tok.status().message().find(c.expect), std::string::npos) << tok.status().message();
+  }
+}
+
+// Pre-tokenizers and normalizers on small hand-made vocabularies.
+TEST(HfTokenizer, PipelinePieces) {
+  nlohmann::json vocab = {{"[UNK]", 0}, {"hello", 1}, {"##s", 2}, {"!", 3}, {"12", 4}, {"1", 5}, {"2", 6}, {"cafe", 7}, {"é", 8}};
+  nlohmann::json j = {{"model", {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"vocab", vocab}}},
+                      {"normalizer", {{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, {{"type", "StripAccents"}}, {{"type", "Lowercase"}}}}}},
+                      {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Whitespace"}}, {{"type", "Digits"}, {"individual_digits", true}}}}}}};
+  auto tok = parse_hf_tokenizer_json(j.dump(), "mem.json");
+  ASSERT_TRUE(tok.has_value()) << tok.status().to_string();
+  // "Café" -> NFD -> accents stripped -> lowercase; digits split one by one; "!" its own word.
+  EXPECT_EQ((*tok)->encode("HELLOs Café 12!"), (std::vector<int32_t>{1, 2, 7, 5, 6, 3}));
+  EXPECT_EQ((*tok)->encode("xyz"), (std::vector<int32_t>{0}));
+  EXPECT_EQ((*tok)->decode((*tok)->encode("hellos")), "hellos");
+
+  // NFC composes "e" + U+0301 into "é".
+  j["normalizer"] = {{"type", "NFC"}};
+  j["pre_tokenizer"] = {{"type", "WhitespaceSplit"}};
+  tok = parse_hf_tokenizer_json(j.dump(), "mem.json");
+  ASSERT_TRUE(tok.has_value()) << tok.status().to_string();
+  EXPECT_EQ((*tok)->encode("e\xCC\x81"), (std::vector<int32_t>{8}));
+}
+
+// Llama-3 style: Split with the Llama-3 regex, ByteLevel without its own regex, ignore_merges.
+TEST(HfTokenizer, Llama3StyleSplitAndIgnoreMerges) {
+  nlohmann::json vocab = nlohmann::json::object();
+  const auto& chars = byte_level_chars();
+  for (int b = 0; b < 256; ++b) vocab[chars[static_cast<size_t>(b)]] = b;
+  vocab["Ġw"] = 256;
+  vocab["Ġworld"] = 257;  // reachable only through ignore_merges (no merge chain builds it)
+  vocab["123"] = 258;
+  nlohmann::json merges = {"Ġ w"};
+  nlohmann::json split = {{"type", "Split"}, {"pattern", {{"Regex", split_pattern_regex(SplitPattern::llama3)}}}, {"behavior", "Isolated"}, {"invert", false}};
+  nlohmann::json bytelevel = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}, {"ignore_merges", true}}},
+                      {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {split, bytelevel}}}},
+                      {"decoder", {{"type", "ByteLevel"}}},
+                      {"added_tokens", {added_token(259, "<|begin_of_text|>", true)}},
+                      {"post_processor", {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<|begin_of_text|>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+                                          {"special_tokens", {{"<|begin_of_text|>", {{"ids", {259}}}}}}}}};
+  auto tok = parse_hf_tokenizer_json(j.dump(), "llama3.json");
+  ASSERT_TRUE(tok.has_value()) << tok.status().to_string();
+  EXPECT_EQ((*tok)->vocab_size(), 260);
+  // Words: " world" (in the vocabulary whole), " wx" (merge "Ġ w", then "x"), " ", "123" (whole), "4".
+  const std::vector<int32_t> ids = (*tok)->encode(" world wx 1234", true);
+  EXPECT_EQ(ids, (std::vector<int32_t>{259, 257, 256, 'x', ' ', 258, '4'}));
+  EXPECT_EQ((*tok)->bos_id(), 259);
+  EXPECT_TRUE((*tok)->adds_bos());
+  EXPECT_EQ((*tok)->decode(ids), " world wx 1234");
+}
+
+// --- SentencePiece ---------------------------------------------------------------------------
+
+const char* const kRefModel = "models/ref-llama-25m";
+
+TEST(SentencePieceTokenizer, RefModelMatchesLlamaVectorsAndRoundTrips) {
+  QFORGE_REQUIRE_SHARED(std::string(kRefModel) + "/tokenizer.model");
+  // The directory: tokenizer.model is picked, tokenizer_config.json says BOS is added.
+  auto tok = must_load(test::shared_dir() + "/" + kRefModel);
+  ASSERT_TRUE(tok);
+  EXPECT_EQ(tok->type_name(), "sentencepiece");
+  EXPECT_EQ(tok->vocab_size(), 32000);
+  EXPECT_EQ(tok->bos_id(), 1);
+  EXPECT_EQ(tok->eos_id(), 2);
+  EXPECT_EQ(tok->unk_id(), 0);
+  EXPECT_TRUE(tok->adds_bos());
+  EXPECT_FALSE(tok->adds_eos());
+  EXPECT_TRUE(tok->strips_leading_space());
+  EXPECT_EQ(tok->token_kind(1), TokenKind::control);
+  EXPECT_EQ(tok->token_kind(0), TokenKind::unknown);
+  EXPECT_EQ(tok->token_kind(3 + 0x41), TokenKind::byte);
+  EXPECT_EQ(tok->token_to_piece(3 + 0x41), "A");
+  EXPECT_EQ(tok->find_token("<s>"), 1);
+  EXPECT_FALSE(tok->find_token("certainly not a piece").has_value());
+
+  const std::string sample = "def main():\n    print(\"Hello, world!\")  # 3 spaces   and émojis 🦙\n";
+  const std::vector<int32_t> ids = tok->encode(sample, /*add_special=*/true);
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], 1);
+  EXPECT_EQ(tok->decode(ids), sample);
+  EXPECT_EQ(tok->decode(tok->encode(sample)), sample);
+
+  // The same vocabulary as llama.cpp's llama-spm test file: the library must agree with the vectors.
+  const std::string vocab_rel = std::string(kVocabDir) + "/ggml-vocab-llama-spm.gguf";
+  QFORGE_REQUIRE_SHARED(vocab_rel);
+  auto gguf = must_load(vocab_path("llama-spm"));
+  ASSERT_TRUE(gguf);
+  ASSERT_EQ(gguf->vocab_size(), tok->vocab_size());
+  for (int32_t id = 0; id < tok->vocab_size(); ++id) ASSERT_EQ(gguf->token_text(id), tok->token_text(id)) << "id " << id;
+  check_vectors(*tok, read_vocab_cases(vocab_path("llama-spm")), "sentencepiece");
+  // And the GGUF implementation agrees with the library on a longer real text.
+  const std::string heldout = read_all(test::shared_dir() + "/" + kRefModel + "/heldout.txt").substr(0, 20000);
+  EXPECT_EQ(gguf->encode(heldout), tok->encode(heldout));
+}
+
+TEST(SentencePieceTokenizer, GarbageModelIsAnErrorNamingTheFile) {
+  const std::string dir = test::temp_dir();
+  std::string garbage(4096, '\0');
+  uint32_t x = 12345;
+  for (char& c : garbage) c = static_cast<char>((x = x * 1664525u + 1013904223u) >> 24);
+  for (const auto& [name, bytes] : std::vector<std::pair<std::string, std::string>>{
+           {"tokenizer.model", garbage}, {"empty.model", ""}, {"text.model", "this is not a protobuf"}}) {
+    const std::string path = dir + "/" + name;
+    write_all(path, bytes);
+    auto tok = load_tokenizer(path);
+    ASSERT_FALSE(tok.has_value()) << name << " loaded";
+    EXPECT_NE(tok.status().message().find(path), std::string::npos) << tok.status().message();
+  }
+  if (test::shared_exists(std::string(kRefModel) + "/tokenizer.model")) {
+    // A truncated copy of a real model.
+    const std::string real = read_all(test::shared_dir() + "/" + kRefModel + "/tokenizer.model");
+    const std::string path = dir + "/truncated.model";
+    write_all(path, real.substr(0, real.size() / 2));
+    auto tok = load_tokenizer(path);
+    ASSERT_FALSE(tok.has_value());
+    EXPECT_NE(tok.status().message().find(path), std::string::npos) << tok.status().message();
+  }
+}
+
+// --- llama2.c tokenizer.bin ----------------------------------------------------------------
+
+const char* const kTok512 = "models/stories260K/tok512.bin";
+
+// run.c's encode() written the obvious way (rescan all pairs per merge), as the reference.
+std::vector<int32_t> run_c_encode(const Tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> t;
+  std::unordered_map<std::string, int32_t> index;
+  std::vector<float> scores;
+  for (int32_t i = tok.vocab_size() - 1; i >= 0; --i) index[std::string(tok.token_text(i))] = i;  // first id wins
+  if (!text.empty()) t.push_back(index.at(" "));
+  for (size_t i = 0; i < text.size();) {
+    size_t n = 1;
+    while (n < 4 && i + n < text.size() && (static_cast<uint8_t>(text[i + n]) & 0xC0) == 0x80) ++n;
+    auto it = index.find(text.substr(i, n));
+    if (it != index.end()) {
+      t.push_back(it->second);
+    } else {
+      for (size_t k = 0; k < n; ++k) t.push_back(static_cast<uint8_t>(text[i + k]) + 3);
+    }
+    i += n;
+  }
+  return t;  // merges done by the caller (needs scores)
+}
+
+TEST(Llama2cTokenizer, Tok512EncodesLikeRunC) {
+  QFORGE_REQUIRE_SHARED(kTok512);
+  const std::string path = test::shared_dir() + "/" + kTok512;
+  TokenizerOptions opt;
+  opt.vocab_size = 512;
+  auto tok = must_load(path, opt);
+  ASSERT_TRUE(tok);
+  EXPECT_EQ(tok->type_name(), "llama2c");
+  EXPECT_EQ(tok->vocab_size(), 512);
+  EXPECT_EQ(tok->bos_id(), 1);
+  EXPECT_EQ(tok->eos_id(), 2);
+  // Without a vocab size the entries are read to the end of the file: the same 512.
+  auto all = must_load(path);
+  ASSERT_TRUE(all);
+  EXPECT_EQ(all->vocab_size(), 512);
+
+  // Scores for the reference merge loop, read independently of the implementation.
+  const std::string raw = read_all(path);
+  std::vector<float> scores;
+  for (size_t pos = 4; pos + 8 <= raw.size();) {
+    float sc;
+    int32_t len;
+    std::memcpy(&sc, raw.data() + pos, 4);
+    std::memcpy(&len, raw.data() + pos + 4, 4);
+    scores.push_back(sc);
+    pos += 8 + static_cast<size_t>(len);
+  }
+  ASSERT_EQ(scores.size(), 512u);
+  for (const std::string text : {"Zoo", "Once upon a time, there was a little girl named Lily.", "héllo ☃ 🦙 Zoo!\n",
+                                 "a", " leading and trailing  ", "\xFF\xFE broken utf-8 \xE2\x82"}) {
+    std::vector<int32_t> ref = run_c_encode(*tok, text);
+    for (;;) {
+      float best = -1e10f;
+      int32_t best_id = -1;
+      size_t best_i = 0;
+      for (size_t i = 0; i + 1 < ref.size(); ++i) {
+        const std::string joined = std::string(tok->token_text(ref[i])) + std::string(tok->token_text(ref[i + 1]));
+        auto id = tok->find_token(joined);
+        if (id && scores[static_cast<size_t>(*id)] > best) {
+          best = scores[static_cast<size_t>(*id)];
+          best_id = *id;
+          best_i = i;
+        }
+      }
+      if (best_id < 0) break;
+      ref[best_i] = best_id;
+      ref.erase(ref.begin() + static_cast<std::ptrdiff_t>(best_i) + 1);
+    }
+    const std::vector<int32_t> got = tok->encode(text);
+    EXPECT_EQ(got, ref) << "\"" << text << "\": [" << ids_str(got) << "] vs run.c [" << ids_str(ref) << "]";
+    EXPECT_EQ(tok->decode(got), text);
+    std::vector<int32_t> with_bos = tok->encode(text, /*add_special=*/true);
+    ASSERT_FALSE(with_bos.empty());
+    EXPECT_EQ(with_bos[0], 1);
+    EXPECT_EQ(tok->decode(with_bos), text);
+  }
+  // "Zoo": a dummy-space prefix merged into word pieces, no byte fallback, fewer tokens than bytes.
+  const std::vector<int32_t> zoo = tok->encode("Zoo");
+  ASSERT_FALSE(zoo.empty());
+  EXPECT_LE(zoo.size(), 3u);
+  for (int32_t id : zoo) EXPECT_EQ(tok->token_kind(id), TokenKind::normal) << id;
+  EXPECT_EQ(std::string(tok->token_text(zoo[0])).substr(0, 1), " ");
+  EXPECT_TRUE(tok->encode("").empty());
+}
+
+TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingTheFile) {
+  QFORGE_REQUIRE_SHARED(kTok512);
+  const std::string raw = read_all(test::shared_dir() + "/" + kTok512);
+  // A truncated copy on disk.
+  const std::string path = test::temp_dir() + "/tok512-truncated.bin";
+  write_all(path, raw.substr(0, raw.size() - 100));
+  TokenizerOptions opt;
+  opt.vocab_size = 512;
+  auto tok = load_tokenizer(path, opt);
+  ASSERT_FALSE(tok.has_value());
+  EXPECT_NE(tok.status().message().find(path), std::string::npos) << tok.status().message();
+  EXPECT_NE(tok.status().message().find("truncated"), std::string::npos) << tok.status().message();
+  // Every truncation is an error, never a crash or an out-of-bounds read.
+  auto bytes = [](const std::string& s) { return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()); };
+  for (size_t n = 0; n < raw.size(); n += (n < 64 ? 1 : 37)) {
+    const std::string cut = raw.substr(0, n);  // exactly n bytes on the heap
+    auto t = parse_llama2c_tokenizer(bytes(cut), 512, "cut.bin");
+    EXPECT_FALSE(t.has_value()) << n << " bytes parsed";
+  }
+  // More entries requested than the file holds.
+  EXPECT_FALSE(parse_llama2c_tokenizer(bytes(raw), 513, "x.bin").has_value());
+  // A negative or oversized length field.
+  std::string bad = raw;
+  const int32_t negative = -5;
+  std::memcpy(bad.data() + 4 + 4, &negative, 4);
+  auto t = parse_llama2c_tokenizer(bytes(bad), 512, "neg.bin");
+  ASSERT_FALSE(t.has_value());
+  EXPECT_NE(t.status().message().find("neg.bin"), std::string::npos);
+  const int32_t huge = 1 << 30;
+  std::memcpy(bad.data() + 4 + 4, &huge, 4);
+  EXPECT_FALSE(parse_llama2c_tokenizer(bytes(bad), 512, "huge.bin").has_value());
+  EXPECT_FALSE(parse_llama2c_tokenizer(bytes(raw), -1, "neg-vocab.bin").has_value());
+}
+
+// --- streaming ---------------------------------------------------------------------------
+
+TEST(TokenStreamDecoder, HoldsBackPartialCharacters) {
+  const std::string text = " this is 🦙.cpp — 😶\u200d🌫️ naïve 你好\n";
+  for (const char* name : {"gpt-2", "llama-spm"}) {
+    QFORGE_REQUIRE_SHARED(std::string(kVocabDir) + "/ggml-vocab-" + name + ".gguf");
+    auto tok = must_load(vocab_path(name));
+    ASSERT_TRUE(tok);
+    const std::vector<int32_t> ids = tok->encode(text, true);
+    TokenStreamDecoder stream(*tok);
+    std::string out;
+    size_t held_back = 0;
+    for (int32_t id : ids) {
+      const std::string chunk = stream.push(id);
+      // Every chunk is whole characters.
+      for (const CodePoint& c : decode_utf8(chunk)) EXPECT_LT(c.cp, kInvalidByteBase) << name << ": chunk cuts a character";
+      if (chunk.empty()) ++held_back;
+      out += chunk;
+    }
+    out += stream.finish();
+    EXPECT_EQ(out, text) << name;  // only the encoder's dummy space prefix is dropped
+    EXPECT_GT(held_back, 0u) << name << ": expected byte tokens that wait for the rest of a character";
+  }
+}
+
+// --- Unicode helpers ------------------------------------------------------------------------
+
+TEST(TokenizerUnicode, CategoriesCaseAndNormalisation) {
+  EXPECT_EQ(unicode_category('A'), UnicodeCategory::Lu);
+  EXPECT_EQ(unicode_category('a'), UnicodeCategory::Ll);
+  EXPECT_EQ(unicode_category('5'), UnicodeCategory::Nd);
+  EXPECT_EQ(unicode_category(0xBD), UnicodeCategory::No);     // ½
+  EXPECT_EQ(unicode_category(' '), UnicodeCategory::Zs);
+  EXPECT_EQ(unicode_category(0x378), UnicodeCategory::Cn);    // unassigned
+  EXPECT_EQ(unicode_category(0x1F600), UnicodeCategory::So);  // 😀
+  EXPECT_EQ(unicode_category(0x4E00), UnicodeCategory::Lo);
+  EXPECT_EQ(unicode_category(0x301), UnicodeCategory::Mn);
+  EXPECT_EQ(unicode_category(0x10FFFF), UnicodeCategory::Cn);
+  EXPECT_EQ(unicode_category(kInvalidByteBase + 0xFF), UnicodeCategory::Cn);
+  EXPECT_TRUE(is_whitespace(0x3000));
+  EXPECT_FALSE(is_whitespace(0x200B));
+  EXPECT_EQ(unicode_tolower('Q'), static_cast<uint32_t>('q'));
+  EXPECT_EQ(unicode_tolower(0x3A3), 0x3C3u);    // Σ -> σ
+  EXPECT_EQ(unicode_tolower(0x100), 0x101u);    // Ā -> ā (a stride-2 run)
+  EXPECT_EQ(unicode_tolower(0x101), 0x101u);
+  EXPECT_EQ(unicode_tolower(0x10400), 0x10428u);  // Deseret
+  EXPECT_EQ(combining_class(0x301), 230);
+  EXPECT_EQ(combining_class(0x323), 220);
+  EXPECT_EQ(combining_class('a'), 0);
+
+  using V = std::vector<uint32_t>;
+  EXPECT_EQ(nfd(V{0xE9}), (V{'e', 0x301}));
+  EXPECT_EQ(nfd(V{0xD55C}), (V{0x1112, 0x1161, 0x11AB}));  // 한
+  EXPECT_EQ(nfc(V{0x1112, 0x1161, 0x11AB}), (V{0xD55C}));
+  EXPECT_EQ(nfc(V{'e', 0x301}), (V{0xE9}));
+  EXPECT_EQ(nfc(V{0x212B}), (V{0xC5}));                  // Angstrom sign -> Å
+  EXPECT_EQ(nfd(V{0x1E9B, 0x323}), (V{0x17F, 0x323, 0x307}));  // UAX #15 example: reordered
+  EXPECT_EQ(nfc(V{0x1E9B, 0x323}), (V{0x1E9B, 0x323}));
+  EXPECT_EQ(nfc(V{'a', 0x323, 0x302}), (V{0x1EAD}));     // ậ from either mark order
+  EXPECT_EQ(nfc(V{'a', 0x302, 0x323}), (V{0x1EAD}));
+  EXPECT_EQ(nfc(V{0x344}), (V{0x308, 0x301}));           // an excluded composite stays decomposed
+  EXPECT_EQ(nfd_first(0x1EAD), static_cast<uint32_t>('a'));
+}
+
+TEST(TokenizerUnicode, LenientUtf8) {
+  auto cps = [](std::string_view s) { return utf8_to_codepoints(s); };
+  using V = std::vector<uint32_t>;
+  EXPECT_EQ(cps("a\xC3\xA9"), (V{'a', 0xE9}));
+  EXPECT_EQ(cps("\xC3\x28"), (V{kInvalidByteBase + 0xC3, '('}));
+  EXPECT_EQ(cps("\xC0\xAF"), (V{kInvalidByteBase + 0xC0, kInvalidByteBase + 0xAF}));  // overlong
+  EXPECT_EQ(cps("\xED\xA0\x80").size(), 3u);                                         // surrogate
+  EXPECT_EQ(cps("\xF4\x90\x80\x80").size(), 4u);                                     // above U+10FFFF
+  EXPECT_EQ(cps("\xE2\x82"), (V{kInvalidByteBase + 0xE2, kInvalidByteBase + 0x82}));
+  for (const std::string s : {"\xC3\x28", "\xF0\x9F\xA6\x99", "x\xE2\x82", "\xFF"}) EXPECT_EQ(codepoints_to_utf8(cps(s)), s);
+  EXPECT_EQ(utf8_complete_prefix("a\xE2\x82"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a\xE2\x82\xAC"), 4u);
+  EXPECT_EQ(utf8_complete_prefix("a\xF0"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("\xFF"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a\x80"), 2u);
+  EXPECT_EQ(utf8_complete_prefix(""), 0u);
+}
+
+std::vector<std::string> words(std::string_view text, SplitPattern p) {
+  std::vector<std::string> out;
+  for (const TextRange& r : split_words(text, p)) out.emplace_back(text.substr(r.offset, r.length));
+  return out;
+}
+
+TEST(TokenizerUnicode, PreTokenizerSplits) {
+  using W = std::vector<std::string>;
+  EXPECT_EQ(words("Hello world's  test\n\n 123", SplitPattern::gpt2),
+            (W{"Hello", " world", "'s", " ", " test", "\n\n", " 123"}));
+  EXPECT_EQ(words("I'LL go!?  ", SplitPattern::gpt2), (W{"I", "'", "LL", " go", "!?", "  "}));
+  EXPECT_EQ(words("Hello 1234567 ab\r\n\r\n  x", SplitPattern::llama3),
+            (W{"Hello", " ", "123", "456", "7", " ab", "\r\n\r\n", " ", " x"}));
+  EXPECT_EQ(words("I'LL go!?\n", SplitPattern::llama3), (W{"I", "'LL", " go", "!?\n"}));
+  EXPECT_EQ(words("x 12", SplitPattern::qwen2), (W{"x", " ", "1", "2"}));
+  EXPECT_EQ(words("", SplitPattern::gpt2), W{});
+  // Invalid bytes are kept (as "other" characters), so the words still cover the input.
+  const std::string broken = "ab\xFF\xFE cd";
+  std::string joined;
+  for (const std::string& w : words(broken, SplitPattern::llama3)) joined += w;
+  EXPECT_EQ(joined, broken);
+}
+
+TEST(LoadTokenizer, PathErrors) {
+  auto missing = load_tokenizer("/nonexistent/dir/tokenizer.model");
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_NE(missing.status().message().find("/nonexistent/dir/tokenizer.model"), std::string::npos);
+  const std::string dir = test::temp_dir();
+  auto empty_dir = load_tokenizer(dir);
+  ASSERT_FALSE(empty_dir.has_value());
+  EXPECT_NE(empty_dir.status().message().find(dir), std::string::npos);
+  write_all(dir + "/vocab.txt", "hello\n");
+  auto unknown = load_tokenizer(dir + "/vocab.txt");
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.status().code(), ErrorCode::unsupported);
+}
 
 }  // namespace
 }  // namespace qforge

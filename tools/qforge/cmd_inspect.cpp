@@ -1,7 +1,7 @@
 // qforge inspect PATH: what a checkpoint holds (tensors, totals, metadata, model config).
 //
 // Every input kind is read into one InspectReport, which is then printed as a table or JSON, so a
-// new container (GGUF) only needs its own reader function and a line in read_report().
+// new container only needs its own reader function and a line in read_report().
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +11,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "qforge/atomic_file.h"
+#include "qforge/gguf.h"
 #include "qforge/packed.h"
 #include "qforge/safetensors.h"
 
@@ -35,7 +36,7 @@ struct InspectReport {
   std::vector<std::string> files;
   uint64_t file_bytes = 0;
   std::vector<InspectTensor> tensors;
-  std::map<std::string, std::string> metadata;
+  std::vector<std::pair<std::string, std::string>> metadata;  // in the container's order
   json manifest;  // qforge-packed: format_version, qforge_version, command
   json config;    // model config summary (HF directory)
 };
@@ -93,14 +94,15 @@ Expected<InspectReport> read_safetensors_report(const std::string& path, bool ra
     }
     for (const auto& name : ckpt.tensor_names())
       if (const auto* t = ckpt.find(name)) r.tensors.push_back(plain_entry(*t));
-    r.metadata = ckpt.metadata();
+    r.metadata.assign(ckpt.metadata().begin(), ckpt.metadata().end());
     QFORGE_RETURN_IF_ERROR(read_config(path, &r));
     return r;
   }
   QFORGE_ASSIGN_OR_RETURN(PackedFile pf, PackedFile::open(path));
   r.files.push_back(std::filesystem::path(path).filename().string());
   r.file_bytes = pf.safetensors().file_size();
-  r.metadata = pf.user_metadata();
+  const auto user = pf.user_metadata();
+  r.metadata.assign(user.begin(), user.end());
   if (pf.has_manifest() && !raw) {
     r.kind = "qforge-packed";
     r.manifest = {{"format_version", kPackedFormatVersion},
@@ -122,7 +124,7 @@ Expected<InspectReport> read_safetensors_report(const std::string& path, bool ra
       if (const auto* t = pf.safetensors().find(name)) r.tensors.push_back(plain_entry(*t));
   } else {
     r.kind = pf.has_manifest() ? "qforge-packed (raw)" : "safetensors";
-    if (pf.has_manifest()) r.metadata = pf.safetensors().metadata();
+    if (pf.has_manifest()) r.metadata.assign(pf.safetensors().metadata().begin(), pf.safetensors().metadata().end());
     for (const auto& t : pf.safetensors().tensors()) r.tensors.push_back(plain_entry(t));
   }
   QFORGE_RETURN_IF_ERROR(read_config(std::filesystem::path(path).parent_path(), &r));
@@ -142,11 +144,30 @@ Expected<std::string> sniff(const std::string& path) {
   return std::string("safetensors");
 }
 
+Expected<InspectReport> read_gguf_report(const std::string& path) {
+  QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(path));
+  InspectReport r;
+  r.path = path;
+  r.kind = "gguf v" + std::to_string(f.version());
+  r.files.push_back(std::filesystem::path(path).filename().string());
+  r.file_bytes = f.file_size();
+  for (const auto& t : f.tensors()) {
+    InspectTensor e;
+    e.name = t.name;
+    e.dtype = ggml_type_name(t.type);
+    e.shape = t.shape;
+    e.nbytes = t.nbytes;
+    e.parameters = t.numel();
+    e.bits_per_weight = e.parameters > 0 ? 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(e.parameters) : 0;
+    r.tensors.push_back(std::move(e));
+  }
+  for (const auto& kv : f.metadata()) r.metadata.emplace_back(kv.key, kv.value.describe());
+  return r;
+}
+
 Expected<InspectReport> read_report(const std::string& path, bool raw) {
   QFORGE_ASSIGN_OR_RETURN(std::string kind, sniff(path));
-  if (kind == "gguf")
-    return unsupported(path + ": GGUF files cannot be inspected by this build yet (safetensors files and HF "
-                              "directories can)");
+  if (kind == "gguf") return read_gguf_report(path);
   return read_safetensors_report(path, raw);
 }
 
@@ -157,16 +178,15 @@ void print_report(const InspectReport& r, std::FILE* out) {
   if (r.files.size() > 1) std::fprintf(out, ", %zu files", r.files.size());
   std::fprintf(out, ", %s)\n\n", format_bytes(r.file_bytes).c_str());
 
-  bool packed = r.kind == "qforge-packed";
+  const bool packed = r.kind == "qforge-packed";
+  const bool gguf = r.kind.rfind("gguf", 0) == 0;
   Table t;
   t.add_column("tensor", Table::Align::left);
-  t.add_column("dtype", Table::Align::left);
+  t.add_column(gguf ? "type" : "dtype", Table::Align::left);
   t.add_column("shape", Table::Align::left);
   t.add_column("bytes");
-  if (packed) {
-    t.add_column("scheme", Table::Align::left);
-    t.add_column("bits/w");
-  }
+  if (packed) t.add_column("scheme", Table::Align::left);
+  if (packed || gguf) t.add_column("bits/w");
   std::vector<const InspectTensor*> sorted;
   for (const auto& e : r.tensors) sorted.push_back(&e);
   std::sort(sorted.begin(), sorted.end(),
@@ -176,10 +196,8 @@ void print_report(const InspectReport& r, std::FILE* out) {
   std::map<std::string, int64_t> by_dtype;
   for (const auto* e : sorted) {
     std::vector<std::string> row = {e->name, e->dtype, shape_to_string(e->shape), std::to_string(e->nbytes)};
-    if (packed) {
-      row.push_back(e->scheme);
-      row.push_back(format_fixed(e->bits_per_weight, 3));
-    }
+    if (packed) row.push_back(e->scheme);
+    if (packed || gguf) row.push_back(format_fixed(e->bits_per_weight, 3));
     t.add_row(std::move(row));
     params += e->parameters;
     bytes += e->nbytes;
@@ -195,7 +213,7 @@ void print_report(const InspectReport& r, std::FILE* out) {
                format_bytes(bytes).c_str());
   std::string dtypes;
   for (const auto& [d, n] : by_dtype) dtypes += (dtypes.empty() ? "" : ", ") + d + " " + format_count(static_cast<uint64_t>(n));
-  std::fprintf(out, "parameters by dtype: %s\n", dtypes.c_str());
+  std::fprintf(out, "parameters by %s: %s\n", gguf ? "type" : "dtype", dtypes.c_str());
   if (packed && q_params > 0) {
     std::fprintf(out, "quantized: %s parameters in %s, %.3f bits/weight; whole file %.3f bits/parameter\n",
                  format_count(static_cast<uint64_t>(q_params)).c_str(), format_bytes(q_bytes).c_str(),
@@ -235,7 +253,9 @@ json report_json(const InspectReport& r) {
   }
   j["tensors"] = std::move(tensors);
   j["totals"] = {{"tensors", r.tensors.size()}, {"parameters", params}, {"bytes", bytes}};
-  j["metadata"] = r.metadata;
+  json metadata = json::object();
+  for (const auto& [k, v] : r.metadata) metadata[k] = v;
+  j["metadata"] = std::move(metadata);
   if (!r.manifest.empty()) j["manifest"] = r.manifest;
   if (!r.config.empty()) j["config"] = r.config;
   return j;
@@ -251,7 +271,7 @@ void add_inspect_command(CLI::App& app, int* exit_code) {
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("inspect", "List a checkpoint's tensors, totals, metadata and model config");
-  cmd->add_option("path", opt->path, "A .safetensors file (plain or qforge packed) or an HF model directory")
+  cmd->add_option("path", opt->path, "A .safetensors file (plain or qforge packed), an HF model directory or a .gguf file")
       ->required();
   cmd->add_flag("--json", opt->json, "Print the report as JSON on stdout");
   cmd->add_flag("--raw", opt->raw, "For qforge packed files: list the stored planes instead of the quantized tensors");
