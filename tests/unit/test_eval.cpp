@@ -620,6 +620,39 @@ TEST(EvalCli, RefLlama25mFirstWindowsArePlausible) {
   EXPECT_LT(ppl, 40.0);
 }
 
+
+TEST(EvalCli, PackedModelAgainstItsReference) {
+  QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
+  namespace fs = std::filesystem;
+  const std::string ref = models() + "/ref-llama-25m";
+  const std::string dir = test::temp_dir() + "/int4";
+  fs::create_directories(dir);
+  std::string out;
+  ASSERT_EQ(qforge("quantize " + quote(ref) + " --scheme int4-g128-asym -o " + quote(dir + "/model.safetensors"), &out), 0)
+      << out;
+  for (const char* f : {"config.json", "tokenizer.model"}) fs::create_symlink(ref + "/" + f, dir + "/" + f);
+  const std::string args = " --text " + quote(ref + "/heldout.txt") + " --ctx 128 --max-windows 2 --ref " + quote(ref);
+  ASSERT_EQ(qforge("eval " + quote(dir + "/model.safetensors") + args + " --json " + quote(dir + "/a.json"), &out), 0)
+      << out;
+  ASSERT_EQ(qforge("eval " + quote(dir + "/model.safetensors") + args + " --quantized-linear --json " +
+                       quote(dir + "/b.json"),
+                   &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("quantized linears"), std::string::npos) << out;
+  nlohmann::json a = read_json(dir + "/a.json"), b = read_json(dir + "/b.json");
+  EXPECT_EQ(a["model_kind"], "packed");
+  // 4-bit weights cost something, but the model still mostly agrees with its fp32 self.
+  EXPECT_GT(a["kld_mean"].get<double>(), 1e-4);
+  EXPECT_LT(a["kld_mean"].get<double>(), 0.5);
+  EXPECT_GT(a["top1_agreement"].get<double>(), 70.0);
+  EXPECT_LT(a["top1_agreement"].get<double>(), 100.0);
+  // Dequantized once at load or on every call through QuantizedLinear: the same weights, the same
+  // GEMMs.
+  EXPECT_EQ(a["ppl"].get<double>(), b["ppl"].get<double>());
+  EXPECT_EQ(a["kld_mean"].get<double>(), b["kld_mean"].get<double>());
+}
+
 TEST(EvalCli, ClearErrorsForBadInputs) {
   QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
   QFORGE_REQUIRE_SHARED("models/stories260K");
