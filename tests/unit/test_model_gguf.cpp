@@ -27,6 +27,18 @@ double rel_error(const float* out, const float* ref, int64_t n) {
   return std::sqrt(num / den);
 }
 
+class MapSource final : public TensorSource {
+ public:
+  std::map<std::string, Tensor> t;
+  std::vector<std::string> tensor_names() const override {
+    std::vector<std::string> n;
+    for (const auto& [k, v] : t) n.push_back(k);
+    return n;
+  }
+  Expected<Tensor> tensor(const std::string& name) const override { return t.at(name); }
+  std::string label() const override { return "dequantized"; }
+};
+
 // llama.cpp convert_hf_to_gguf.py LlamaModel.permute: within each head, row 2i <- row i and
 // row 2i+1 <- row i + head_dim/2 (weights [heads * head_dim, in], biases [heads * head_dim]).
 std::vector<float> permute_rows(const float* w, int64_t heads, int64_t head_dim, int64_t cols) {
@@ -158,17 +170,7 @@ TEST(ModelGguf, BlockQuantizedTensorsAreDequantizedAtLoad) {
   // The same weights, dequantized here and loaded as plain tensors.
   GgufFile file = GgufFile::open(path).value();
   ModelConfig c = gguf_model_config(file).value();
-  class MapSource final : public TensorSource {
-   public:
-    std::map<std::string, Tensor> t;
-    std::vector<std::string> tensor_names() const override {
-      std::vector<std::string> n;
-      for (const auto& [k, v] : t) n.push_back(k);
-      return n;
-    }
-    Expected<Tensor> tensor(const std::string& name) const override { return t.at(name); }
-    std::string label() const override { return "dequantized"; }
-  } src;
+  MapSource src;
   for (const GgufTensorInfo& info : file.tensors()) src.t[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
   Model plain = Model::from_tensors(c, src, TensorNaming::gguf).value();
   const int32_t ids[6] = {1, 17, 300, 5, 99, 411};
@@ -179,8 +181,12 @@ TEST(ModelGguf, BlockQuantizedTensorsAreDequantizedAtLoad) {
   EXPECT_GT(quantized, 0);
 }
 
-// A minimal llama GGUF (hidden 256 so block types fit) with one tensor of `q_type`.
-std::vector<uint8_t> tiny_gguf(const std::string& arch, GgmlType q_type, bool with_block_count = true) {
+// A minimal llama GGUF (hidden 256 so block types fit). attn_q gets `q_type` with zero bytes, or,
+// with `block`, every linear weight is quantized with that format-table row (`dequantized` then
+// receives each tensor's f32 values as the loader should see them).
+std::vector<uint8_t> tiny_gguf(const std::string& arch, GgmlType q_type, bool with_block_count = true,
+                               const FormatTraits* block = nullptr,
+                               std::map<std::string, std::vector<float>>* dequantized = nullptr) {
   GgufWriter w("unused");
   EXPECT_TRUE(w.set_string("general.architecture", arch).is_ok());
   if (with_block_count) EXPECT_TRUE(w.set_u32(arch + ".block_count", 1).is_ok());
@@ -191,19 +197,32 @@ std::vector<uint8_t> tiny_gguf(const std::string& arch, GgmlType q_type, bool wi
   static std::vector<std::vector<uint8_t>> keep;
   keep.clear();
   keep.reserve(16);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> d(0.0f, 0.05f);
   auto add = [&](const std::string& name, Shape shape, GgmlType type) {
-    std::vector<int64_t> ne(shape.rbegin(), shape.rend());
-    const uint64_t bytes = ggml_tensor_nbytes(type, ne).value();
-    std::vector<uint8_t> data(bytes, 0);
-    if (type == GgmlType::F32) {
-      std::mt19937 rng(1);
-      std::normal_distribution<float> d(0.0f, 0.05f);
-      for (size_t i = 0; i < bytes / 4; ++i) {
-        const float v = name.find("norm") != std::string::npos ? 1.0f : d(rng);
-        std::memcpy(data.data() + 4 * i, &v, 4);
-      }
+    const bool linear = shape.size() == 2 && name != "token_embd.weight";
+    std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+    for (auto& v : values) v = name.find("norm") != std::string::npos ? 1.0f : d(rng);
+    if (block != nullptr && linear) {
+      Scheme s;
+      s.format = block->id;
+      s.bits = block->min_bits;
+      s.granularity = block->default_granularity;
+      s.group_size = block->block;
+      auto q = qforge::quantize(s, values.data(), shape[0], shape[1]);
+      EXPECT_TRUE(q.has_value()) << block->name << ": " << q.status().to_string();
+      if (!q.has_value()) return;
+      EXPECT_TRUE(dequantize(*q, values.data()).is_ok());
+      keep.push_back(q->codes);
+      type = static_cast<GgmlType>(block->gguf_type);
+    } else {
+      std::vector<int64_t> ne(shape.rbegin(), shape.rend());
+      const uint64_t bytes = ggml_tensor_nbytes(type, ne).value();
+      std::vector<uint8_t> data(bytes, 0);
+      if (type == GgmlType::F32) std::memcpy(data.data(), values.data(), bytes);
+      keep.push_back(std::move(data));
     }
-    keep.push_back(std::move(data));
+    if (dequantized) (*dequantized)[name] = values;
     EXPECT_TRUE(w.add_tensor(name, type, shape, keep.back().data(), keep.back().size()).is_ok());
   };
   add("token_embd.weight", {8, 256}, GgmlType::F32);
@@ -237,6 +256,31 @@ TEST(ModelGguf, TinyF32ModelLoadsAndRuns) {
   EXPECT_TRUE(model->config().tie_word_embeddings);
   const int32_t ids[3] = {1, 2, 3};
   EXPECT_TRUE(model->forward_batch(ids, 1, 3).has_value());
+}
+
+
+TEST(ModelGguf, EveryGgufBlockFormatOfTheTableLoads) {
+  int tried = 0;
+  for (const FormatTraits& f : all_formats()) {
+    if (!f.blocks_in_codes || f.gguf_type < 0 || f.block <= 0 || 256 % f.block != 0) continue;
+    SCOPED_TRACE(f.name);
+    std::map<std::string, std::vector<float>> expected;
+    const std::string path =
+        write_bytes(tiny_gguf("llama", GgmlType::F32, true, &f, &expected), std::string("tiny-") + f.name + ".gguf");
+    auto model = Model::load(path);
+    ASSERT_TRUE(model.has_value()) << model.status().to_string();
+    GgufFile file = GgufFile::open(path).value();
+    EXPECT_EQ(file.find_tensor("blk.0.ffn_down.weight")->type, static_cast<GgmlType>(f.gguf_type));
+    MapSource src;
+    for (const GgufTensorInfo& info : file.tensors()) src.t[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
+    Model plain = Model::from_tensors(gguf_model_config(file).value(), src, TensorNaming::gguf).value();
+    const int32_t ids[4] = {1, 7, 3, 5};
+    Tensor a = model->forward_batch(ids, 1, 4).value(), b = plain.forward_batch(ids, 1, 4).value();
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0);
+    ++tried;
+  }
+  std::printf("  %d GGUF block formats loaded\n", tried);
+  if (tried == 0) GTEST_SKIP() << "the format table has no GGUF block formats";
 }
 
 TEST(ModelGguf, ClearErrors) {
