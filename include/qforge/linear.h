@@ -84,6 +84,10 @@ class QuantizedLinear final : public Linear {
   QuantizedTensor weight_;
 };
 
+// Threads BLAS (OpenBLAS) may use from now on; returns the previous count, or 0 when the BLAS
+// library has no such control. qforge's own OpenMP loops follow ScopedThreadLimit (parallel.h).
+int set_blas_threads(int threads);
+
 // y[n, out] = x[n, in] · W[out, in]ᵀ with BLAS (no bias). Exposed for other engine parts.
 void matmul_f32_wt(const float* x, int64_t n_tokens, const float* w, int64_t out_features, int64_t in_features,
                    float* y);

@@ -22,6 +22,7 @@
 namespace qforge {
 
 class SafetensorsCheckpoint;
+class GgufFile;
 
 enum class NormType : uint8_t {
   rms_norm = 0,    // x / sqrt(mean(x^2) + eps) * w
@@ -90,6 +91,11 @@ struct ModelConfig {
 Expected<ModelConfig> parse_model_config(const nlohmann::json& config, const std::string& source);
 // Reads `path`: a config.json file or a directory holding one.
 Expected<ModelConfig> load_model_config(const std::string& path);
+// The engine config of a GGUF file from its metadata ({arch}.block_count, .embedding_length,
+// .feed_forward_length, .attention.head_count(_kv), .attention.layer_norm_rms_epsilon,
+// .rope.freq_base, .context_length, tokenizer.ggml.*). Missing keys and unsupported features
+// (RoPE scaling, experts, partial rotary) are errors naming the key and the file.
+Expected<ModelConfig> gguf_model_config(const GgufFile& file);
 // Checks sizes are positive, consistent (heads divide, even head_dim for RoPE) and small enough
 // that buffer sizes cannot overflow.
 Status validate_model_config(const ModelConfig& config);
@@ -169,14 +175,37 @@ struct EncoderOutput {
   Tensor pooler_output;      // [batch, hidden] tanh(dense(first token)); empty without pooler weights
 };
 
+// What kind of model a path holds (detect_model_file).
+enum class ModelFileKind : uint8_t {
+  hf_directory = 0,  // a directory with config.json and safetensors weights
+  safetensors = 1,   // a lone .safetensors checkpoint (config.json beside it or given)
+  packed = 2,        // a qforge packed quantized .safetensors file (include/qforge/packed.h)
+  gguf = 3,          // a llama.cpp GGUF file
+  llama2c = 4,       // a llama2.c v0 .bin checkpoint
+};
+const char* model_file_kind_name(ModelFileKind kind);  // "hf", "safetensors", "packed", "gguf", "llama2c"
+// Directories are HF; files are told apart by their magic bytes (GGUF), their safetensors header
+// (a "qforge" manifest: packed) and otherwise taken as llama2.c. Errors name the path.
+Expected<ModelFileKind> detect_model_file(const std::string& path);
+
+struct ModelLoadOptions {
+  // config.json (or a directory holding it) for .safetensors and packed files; empty: the
+  // config.json in the file's directory.
+  std::string config;
+  // Packed files: keep quantized weights as QuantizedLinear layers (dequantized on every forward
+  // call, less memory) instead of dequantizing them once at load.
+  bool quantized_linear = false;
+};
+
 class Model {
  public:
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
   ~Model();
 
-  // An HF model directory (config.json + safetensors) or a llama2.c .bin file.
-  static Expected<Model> load(const std::string& path);
+  // Any model detect_model_file recognises: an HF directory, a .safetensors checkpoint, a qforge
+  // packed file, a GGUF file or a llama2.c .bin file.
+  static Expected<Model> load(const std::string& path, const ModelLoadOptions& options = {});
   static Expected<Model> from_checkpoint(const ModelConfig& config, const SafetensorsCheckpoint& checkpoint);
   // Every tensor of `source` must resolve to a role the config expects (buffers are ignored);
   // every expected tensor must be present. f32/f16/bf16 tensors are converted to f32.
@@ -184,6 +213,13 @@ class Model {
                                       TensorNaming naming = TensorNaming::hf);
   // llama2.c v0 checkpoints (7 int32 header fields, then fp32 weights), interleaved RoPE.
   static Expected<Model> load_llama2c(const std::string& path);
+  // llama.cpp GGUF files of architecture llama or qwen2: the config comes from the metadata
+  // (gguf_model_config); quantized tensors are dequantized at load through the format table.
+  // llama.cpp's converter permutes the Q/K rows of llama models so that RoPE rotates adjacent
+  // pairs, so llama GGUF models run with RopeStyle::interleaved.
+  static Expected<Model> load_gguf(const std::string& path);
+  // A qforge packed file with the given config (see ModelLoadOptions::quantized_linear).
+  static Expected<Model> load_packed(const std::string& path, const ModelConfig& config, bool quantized_linear = false);
 
   const ModelConfig& config() const;
 
@@ -207,6 +243,10 @@ class Model {
   // Runs the chunks (distinct sequences) through the model, appending their K/V to `cache`.
   // `logits` receives [total_tokens, vocab] (LogitsMode::all) or [n_chunks, vocab] (last).
   Status forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, Tensor* logits);
+  // The same, writing the logits into a caller's buffer of exactly rows x vocab floats (rows as
+  // above; empty for LogitsMode::none), e.g. one reused across calls. The size is checked before
+  // anything runs.
+  Status forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, std::span<float> logits);
   // A whole [batch, seq_len] batch from scratch: logits [batch, seq_len, vocab].
   Expected<Tensor> forward_batch(const int32_t* input_ids, int64_t batch, int64_t seq_len);
 

@@ -2,6 +2,8 @@
 // norm, RoPE style, fused qkv, gated MLP, causal or bidirectional) select the math per block.
 // Batches are flat: the tokens of several independent sequences are stacked row after row, and
 // attention looks up each row's keys in its own sequence's KV cache slot.
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -73,7 +75,28 @@ std::unique_ptr<Linear>* Model::Impl::slot(const LinearSite& site) {
   return (s != nullptr && *s != nullptr) ? s : nullptr;
 }
 
+void Model::Impl::ensure_rope_table(int64_t positions) {
+  if (positions <= rope_positions || rope_inv_freq.empty()) return;
+  const int64_t half = config.head_dim / 2;
+  rope_cos.resize(static_cast<size_t>(positions * half));
+  rope_sin.resize(static_cast<size_t>(positions * half));
+  for (int64_t p = rope_positions; p < positions; ++p) {
+    // The angle is rounded to fp32 as HF does (fp32 position times fp32 inverse frequency), then
+    // its cosine and sine are taken accurately (ops::rope does the same per call).
+    const float pos = static_cast<float>(p);
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = pos * rope_inv_freq[static_cast<size_t>(i)];
+      rope_cos[static_cast<size_t>(p * half + i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      rope_sin[static_cast<size_t>(p * half + i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+  rope_positions = positions;
+}
+
 void Model::Impl::init_rope() {
+  rope_cos.clear();
+  rope_sin.clear();
+  rope_positions = 0;
   rope_inv_freq.clear();
   if (config.rope == RopeStyle::none) return;
   const int64_t half = config.head_dim / 2;
@@ -186,13 +209,32 @@ class Runner {
   // x: [total, hidden] embeddings in, block outputs out (before any final norm).
   void run_layers(float* x) {
     const int64_t n = b_.total, H = c_.hidden_size, I = c_.intermediate_size;
-    auto h = buffer(n, H), o = buffer(n, H);
-    auto q = buffer(n, c_.q_dim()), k = buffer(n, c_.kv_dim()), v = buffer(n, c_.kv_dim());
-    auto attn = buffer(n, c_.q_dim());
-    auto g = buffer(n, I);
-    std::vector<float> u, qkv;
-    if (c_.mlp == MlpType::gated_silu) u = buffer(n, I);
-    if (c_.fused_qkv) qkv = buffer(n, c_.q_dim() + 2 * c_.kv_dim());
+    // Scratch buffers come from the model's workspace (grown, never shrunk), so repeated calls
+    // of the same size do not fault in fresh pages each time.
+    const int64_t qd = c_.q_dim(), kd = c_.kv_dim();
+    const bool gated = c_.mlp == MlpType::gated_silu;
+    const int64_t per_row = 2 * H + 2 * qd + 2 * kd + I + (gated ? I : 0) + (c_.fused_qkv ? qd + 2 * kd : 0);
+    std::vector<float>& ws = m_.workspace;
+    if (ws.size() < static_cast<size_t>(n * per_row)) {
+      ws.clear();
+      ws.shrink_to_fit();
+      ws.resize(static_cast<size_t>(n * per_row));
+    }
+    float* next = ws.data();
+    auto carve = [&](int64_t cols) {
+      float* p = next;
+      next += n * cols;
+      return p;
+    };
+    float* h = carve(H);
+    float* o = carve(H);
+    float* q = carve(qd);
+    float* k = carve(kd);
+    float* v = carve(kd);
+    float* attn = carve(qd);
+    float* g = carve(I);
+    float* u = gated ? carve(I) : nullptr;
+    float* qkv = c_.fused_qkv ? carve(qd + 2 * kd) : nullptr;
 
     for (int64_t l = 0; l < c_.num_layers; ++l) {
       LayerWeights& L = m_.layers[static_cast<size_t>(l)];
@@ -200,43 +242,43 @@ class Runner {
       // Attention block.
       const float* in = x;
       if (c_.pre_norm) {
-        norm(x, L.attn_norm_w, L.attn_norm_b, h.data());
-        in = h.data();
+        norm(x, L.attn_norm_w, L.attn_norm_b, h);
+        in = h;
       }
       if (c_.fused_qkv) {
-        linear({layer, TensorRole::attn_qkv}, *L.qkv, in, qkv.data());
-        split_qkv(qkv.data(), q.data(), k.data(), v.data());
+        linear({layer, TensorRole::attn_qkv}, *L.qkv, in, qkv);
+        split_qkv(qkv, q, k, v);
       } else {
-        linear({layer, TensorRole::attn_q}, *L.q, in, q.data());
-        linear({layer, TensorRole::attn_k}, *L.k, in, k.data());
-        linear({layer, TensorRole::attn_v}, *L.v, in, v.data());
+        linear({layer, TensorRole::attn_q}, *L.q, in, q);
+        linear({layer, TensorRole::attn_k}, *L.k, in, k);
+        linear({layer, TensorRole::attn_v}, *L.v, in, v);
       }
-      if (c_.rope != RopeStyle::none) apply_rope(q.data(), k.data());
-      store_kv(l, k.data(), v.data());
-      attention(l, q.data(), attn.data());
-      linear({layer, TensorRole::attn_output}, *L.o, attn.data(), o.data());
-      residual(x, o.data(), L.attn_norm_w, L.attn_norm_b);
+      if (c_.rope != RopeStyle::none) apply_rope(q, k);
+      store_kv(l, k, v);
+      attention(l, q, attn);
+      linear({layer, TensorRole::attn_output}, *L.o, attn, o);
+      residual(x, o, L.attn_norm_w, L.attn_norm_b);
 
       // MLP block.
       in = x;
       if (c_.pre_norm) {
-        norm(x, L.mlp_norm_w, L.mlp_norm_b, h.data());
-        in = h.data();
+        norm(x, L.mlp_norm_w, L.mlp_norm_b, h);
+        in = h;
       }
       if (c_.mlp == MlpType::gated_silu) {
-        linear({layer, TensorRole::mlp_gate}, *L.gate, in, g.data());
-        linear({layer, TensorRole::mlp_up}, *L.up, in, u.data());
-        ops::silu_mul(g.data(), u.data(), n * I, g.data());
+        linear({layer, TensorRole::mlp_gate}, *L.gate, in, g);
+        linear({layer, TensorRole::mlp_up}, *L.up, in, u);
+        ops::silu_mul(g, u, n * I, g);
       } else {
-        linear({layer, TensorRole::mlp_up}, *L.up, in, g.data());
+        linear({layer, TensorRole::mlp_up}, *L.up, in, g);
         if (c_.mlp == MlpType::gelu_tanh) {
-          ops::gelu_tanh(g.data(), n * I);
+          ops::gelu_tanh(g, n * I);
         } else {
-          ops::gelu_erf(g.data(), n * I);
+          ops::gelu_erf(g, n * I);
         }
       }
-      linear({layer, TensorRole::mlp_down}, *L.down, g.data(), o.data());
-      residual(x, o.data(), L.mlp_norm_w, L.mlp_norm_b);
+      linear({layer, TensorRole::mlp_down}, *L.down, g, o);
+      residual(x, o, L.mlp_norm_w, L.mlp_norm_b);
     }
   }
 
@@ -284,12 +326,17 @@ class Runner {
   }
 
   void apply_rope(float* q, float* k) {
-    const int64_t qd = c_.q_dim(), kd = c_.kv_dim();
+    const int64_t qd = c_.q_dim(), kd = c_.kv_dim(), half = c_.head_dim / 2;
+    int64_t max_pos = 0;
+    for (int64_t p : b_.positions) max_pos = std::max(max_pos, p + 1);
+    m_.ensure_rope_table(max_pos);
+    const float* cs = m_.rope_cos.data();
+    const float* sn = m_.rope_sin.data();
 #pragma omp parallel for if (b_.total > 16)
     for (int64_t r = 0; r < b_.total; ++r) {
       const int64_t pos = b_.positions[static_cast<size_t>(r)];
-      ops::rope(q + r * qd, c_.num_heads, c_.head_dim, pos, m_.rope_inv_freq.data(), c_.rope);
-      ops::rope(k + r * kd, c_.num_kv_heads, c_.head_dim, pos, m_.rope_inv_freq.data(), c_.rope);
+      ops::rope_apply(q + r * qd, c_.num_heads, c_.head_dim, cs + pos * half, sn + pos * half, c_.rope);
+      ops::rope_apply(k + r * kd, c_.num_kv_heads, c_.head_dim, cs + pos * half, sn + pos * half, c_.rope);
     }
   }
 
@@ -302,61 +349,68 @@ class Runner {
     }
   }
 
-  // Scaled dot-product attention of every (row, head) against its sequence's cached keys.
+  // Scaled dot-product attention. Work items are (sequence, head, block of up to kRowBlock query
+  // rows); each computes its scores against the keys it can see with one GEMM, masks and
+  // softmaxes them, and multiplies by V with a second GEMM. Blocking the rows keeps a causal
+  // prefill from computing much of the masked upper triangle. Items run in parallel with BLAS
+  // limited to one thread each.
   void attention(int64_t layer, const float* q, float* out) {
-    const int64_t nh = c_.num_heads, hd = c_.head_dim, qd = c_.q_dim(), kd = c_.kv_dim();
+    constexpr int64_t kRowBlock = 64;
+    const int64_t hd = c_.head_dim, qd = c_.q_dim(), kd = c_.kv_dim();
     const int64_t group = c_.num_heads / c_.num_kv_heads;
     float scale = c_.scale_attn_weights ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))) : 1.0f;
     if (c_.scale_attn_by_inverse_layer_idx) scale /= static_cast<float>(layer + 1);
+    struct Item {
+      int64_t span, head, row0, rows;
+    };
+    std::vector<Item> items;
     int64_t max_keys = 0;
-    for (const Span& s : b_.spans) max_keys = std::max(max_keys, s.past + s.n);
-    const int64_t items = b_.total * nh;
-    // Small problems (single-token decode of a short context) run faster on one thread.
-    const bool parallel = items * max_keys * hd > 262144;
-#pragma omp parallel if (parallel)
+    for (size_t si = 0; si < b_.spans.size(); ++si) {
+      const Span& s = b_.spans[si];
+      max_keys = std::max(max_keys, s.past + s.n);
+      for (int64_t h = 0; h < c_.num_heads; ++h)
+        for (int64_t r0 = 0; r0 < s.n; r0 += kRowBlock)
+          items.push_back({static_cast<int64_t>(si), h, r0, std::min(kRowBlock, s.n - r0)});
+    }
+    const int64_t n_items = static_cast<int64_t>(items.size());
+    const int blas_threads = n_items > 1 ? set_blas_threads(1) : 0;
+    constexpr float kMasked = -std::numeric_limits<float>::infinity();
+#pragma omp parallel if (n_items > 1)
     {
-      std::vector<float> scores(static_cast<size_t>(max_keys));
-#pragma omp for schedule(dynamic, 4)
-      for (int64_t item = 0; item < items; ++item) {
-        const int64_t r = item / nh, h = item % nh;
-        const Span& s = b_.spans[static_cast<size_t>(b_.row_span[static_cast<size_t>(r)])];
-        const int64_t qpos = s.past + (r - s.row0);
-        const int64_t end = c_.causal ? qpos + 1 : s.past + s.n;
-        const int64_t begin = (c_.causal && c_.sliding_window > 0) ? std::max<int64_t>(0, qpos - c_.sliding_window + 1) : 0;
-        const float* qv = q + r * qd + h * hd;
-        const float* kbase = cache_.k(layer, s.sequence) + (h / group) * hd;
-        const float* vbase = cache_.v(layer, s.sequence) + (h / group) * hd;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = begin; j < end; ++j) {
-          if (b_.key_mask && !b_.key_mask[s.row0 + (j - s.past)]) {
-            scores[static_cast<size_t>(j)] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const float* kv = kbase + j * kd;
-          float acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t d = 0; d < hd; ++d) acc += qv[d] * kv[d];
-          const float sc = acc * scale;
-          scores[static_cast<size_t>(j)] = sc;
-          mx = std::max(mx, sc);
+      std::vector<float> scores(static_cast<size_t>(kRowBlock * max_keys));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t it = 0; it < n_items; ++it) {
+        const Item& item = items[static_cast<size_t>(it)];
+        const Span& s = b_.spans[static_cast<size_t>(item.span)];
+        const int64_t g = item.head / group;
+        // Keys this block can see: causal rows up to their own position, encoder rows all.
+        const int64_t keys = c_.causal ? s.past + item.row0 + item.rows : s.past + s.n;
+        const float* qb = q + (s.row0 + item.row0) * qd + item.head * hd;
+        const float* kb = cache_.k(layer, s.sequence) + g * hd;
+        const float* vb = cache_.v(layer, s.sequence) + g * hd;
+        float* sc = scores.data();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(item.rows), static_cast<int>(keys),
+                    static_cast<int>(hd), scale, qb, static_cast<int>(qd), kb, static_cast<int>(kd), 0.0f, sc,
+                    static_cast<int>(keys));
+        for (int64_t i = 0; i < item.rows; ++i) {
+          float* row = sc + i * keys;
+          const int64_t qpos = s.past + item.row0 + i;
+          const int64_t end = c_.causal ? qpos + 1 : keys;
+          const int64_t begin =
+              (c_.causal && c_.sliding_window > 0) ? std::max<int64_t>(0, qpos - c_.sliding_window + 1) : 0;
+          for (int64_t j = 0; j < begin; ++j) row[j] = kMasked;
+          for (int64_t j = end; j < keys; ++j) row[j] = kMasked;
+          if (b_.key_mask)
+            for (int64_t j = begin; j < end; ++j)
+              if (!b_.key_mask[s.row0 + (j - s.past)]) row[j] = kMasked;
+          ops::softmax(row, keys);
         }
-        float* o = out + r * qd + h * hd;
-        std::fill(o, o + hd, 0.0f);
-        if (mx == -std::numeric_limits<float>::infinity()) continue;  // every key masked (refused upstream)
-        double sum = 0;
-        for (int64_t j = begin; j < end; ++j) {
-          const float sc = scores[static_cast<size_t>(j)];
-          if (sc == -std::numeric_limits<float>::infinity()) continue;
-          const float p = std::exp(sc - mx);
-          sum += p;
-          const float* vv = vbase + j * kd;
-#pragma omp simd
-          for (int64_t d = 0; d < hd; ++d) o[d] += p * vv[d];
-        }
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(item.rows), static_cast<int>(hd),
+                    static_cast<int>(keys), 1.0f, sc, static_cast<int>(keys), vb, static_cast<int>(kd), 0.0f,
+                    out + (s.row0 + item.row0) * qd + item.head * hd, static_cast<int>(qd));
       }
     }
+    if (blas_threads > 0) set_blas_threads(blas_threads);
   }
 
   Model::Impl& m_;
@@ -383,13 +437,23 @@ void add_row(float* x, const Tensor& table, int64_t index, int64_t dim) {
 // Decoder entry points
 
 Status Model::forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, Tensor* logits) {
+  if (mode != LogitsMode::none && logits == nullptr) return invalid_argument("forward: logits output is null");
+  int64_t rows = 0;
+  for (const TokenChunk& ch : chunks) rows += mode == LogitsMode::last ? 1 : static_cast<int64_t>(ch.tokens.size());
+  if (mode == LogitsMode::none) return forward(chunks, cache, mode, std::span<float>());
+  Tensor out = Tensor::zeros(DType::f32, {rows, impl_->config.vocab_size});
+  QFORGE_RETURN_IF_ERROR(forward(chunks, cache, mode, std::span<float>(out.data_as<float>(), static_cast<size_t>(out.numel()))));
+  *logits = std::move(out);
+  return Status::ok();
+}
+
+Status Model::forward(std::span<const TokenChunk> chunks, KVCache& cache, LogitsMode mode, std::span<float> logits) {
   Impl& m = *impl_;
   const ModelConfig& c = m.config;
   if (!c.causal) return invalid_argument(std::string(architecture_name(c.arch)) + " is an encoder: use encode()");
   if (cache.num_layers_ != c.num_layers || cache.kv_dim_ != c.kv_dim())
     return invalid_argument("KV cache was not made for this model");
   if (chunks.empty()) return invalid_argument("forward: no token chunks");
-  if (mode != LogitsMode::none && logits == nullptr) return invalid_argument("forward: logits output is null");
 
   Batch b;
   std::set<int64_t> seen;
@@ -417,6 +481,10 @@ Status Model::forward(std::span<const TokenChunk> chunks, KVCache& cache, Logits
     b.total += n;
   }
 
+  const int64_t out_rows = mode == LogitsMode::all ? b.total : (mode == LogitsMode::last ? static_cast<int64_t>(b.spans.size()) : 0);
+  if (logits.size() != static_cast<size_t>(out_rows * c.vocab_size))
+    return invalid_argument("forward: the logits buffer holds " + std::to_string(logits.size()) + " floats, " +
+                            std::to_string(out_rows) + " x " + std::to_string(c.vocab_size) + " are needed");
   const int64_t H = c.hidden_size;
   auto x = buffer(b.total, H);
   for (size_t si = 0; si < b.spans.size(); ++si) {
@@ -445,9 +513,7 @@ Status Model::forward(std::span<const TokenChunk> chunks, KVCache& cache, Logits
     x.swap(last);
   }
   runner.norm(x.data(), m.final_norm_w, m.final_norm_b, x.data(), rows);
-  Tensor out = Tensor::zeros(DType::f32, {rows, c.vocab_size});
-  runner.linear({-1, TensorRole::output}, *m.output, x.data(), out.data_as<float>(), rows);
-  *logits = std::move(out);
+  runner.linear({-1, TensorRole::output}, *m.output, x.data(), logits.data(), rows);
   return Status::ok();
 }
 

@@ -8,6 +8,14 @@
 
 namespace qforge {
 
+int set_blas_threads(int threads) {
+  // The build requires OpenBLAS (BLA_VENDOR in CMakeLists.txt), whose cblas.h declares these.
+  if (threads <= 0) return 0;
+  const int previous = openblas_get_num_threads();
+  openblas_set_num_threads(threads);
+  return previous;
+}
+
 Linear::Linear(int64_t out_features, int64_t in_features, std::vector<float> bias)
     : out_features_(out_features), in_features_(in_features), bias_(std::move(bias)) {
   QFORGE_CHECK(bias_.empty() || static_cast<int64_t>(bias_.size()) == out_features_);

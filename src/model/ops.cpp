@@ -1,7 +1,11 @@
 // Elementwise and normalisation kernels of the fp32 forward pass. Reductions accumulate in double
 // so results sit closer to the exact value than a plain fp32 sum; the PyTorch references we are
 // compared against are themselves within a few fp32 ulps of it.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 
 #include "model/model_impl.h"
 
@@ -39,7 +43,52 @@ void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64
   }
 }
 
+bool use_avx2() {
+  static const bool yes = [] {
+    const char* level = std::getenv("QFORGE_SIMD_LEVEL");
+    if (level != nullptr && std::strcmp(level, "scalar") == 0) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+  }();
+  return yes;
+}
+
 void silu_mul(const float* gate, const float* up, int64_t count, float* y) {
+  if (use_avx2()) {
+    silu_mul_avx2(gate, up, count, y);
+  } else {
+    silu_mul_ref(gate, up, count, y);
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  if (use_avx2()) {
+    softmax_avx2(x, n);
+  } else {
+    softmax_ref(x, n);
+  }
+}
+
+void softmax_ref(float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  if (mx == -std::numeric_limits<float>::infinity()) {
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void silu_mul_ref(const float* gate, const float* up, int64_t count, float* y) {
 #pragma omp parallel for if (count > 65536)
   for (int64_t i = 0; i < count; ++i) {
     const float g = gate[i];
@@ -85,6 +134,11 @@ void rope(float* x, int64_t heads, int64_t head_dim, int64_t position, const flo
     cs[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
     sn[i] = static_cast<float>(std::sin(static_cast<double>(angle)));
   }
+  rope_apply(x, heads, head_dim, cs, sn, style);
+}
+
+void rope_apply(float* x, int64_t heads, int64_t head_dim, const float* cs, const float* sn, RopeStyle style) {
+  const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < heads; ++h) {
     float* v = x + h * head_dim;
     if (style == RopeStyle::half_split) {

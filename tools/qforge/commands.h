@@ -22,6 +22,8 @@ void add_analyze_command(CLI::App& app, int* exit_code);
 void add_quantize_command(CLI::App& app, int* exit_code);
 void add_dequantize_command(CLI::App& app, int* exit_code);
 void add_demo_command(CLI::App& app, int* exit_code);
+void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
+void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
 
 // ---- analyze ----------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   add_quantize_command(app, &exit_code);
   add_dequantize_command(app, &exit_code);
   add_demo_command(app, &exit_code);
+  add_eval_command(app, &exit_code);
+  add_run_command(app, &exit_code);
 
   set_command_line(argc, argv);
   qforge::install_interrupt_handler();
