@@ -35,6 +35,21 @@ enum class FormatId : uint16_t {
   binary = 11,     // sign(w) * mean|w| of the row
   ternary = 12,    // {-1, 0, +1} * scale of the row, threshold 0.7 * mean|w|
   f32 = 13,        // identity passthrough (keeps a tensor unquantized)
+  // GGUF block formats: the codes plane holds ggml's blocks byte for byte (src/formats/gguf_blocks.h).
+  gguf_q8_0 = 32,    // 32 x int8, f16 d
+  gguf_q4_0 = 33,    // 32 x 4-bit, y = d (q - 8)
+  gguf_q4_1 = 34,    // 32 x 4-bit, y = d q + m
+  gguf_q5_0 = 35,    // 32 x 5-bit, y = d (q - 16)
+  gguf_q5_1 = 36,    // 32 x 5-bit, y = d q + m
+  gguf_q2_k = 37,    // 256: 16 x 16 x 2-bit, 4-bit scales and mins
+  gguf_q3_k = 38,    // 256: 16 x 16 x 3-bit, 6-bit signed scales
+  gguf_q4_k = 39,    // 256: 8 x 32 x 4-bit, 6-bit scales and mins
+  gguf_q5_k = 40,    // 256: 8 x 32 x 5-bit, 6-bit scales and mins
+  gguf_q6_k = 41,    // 256: 16 x 16 x 6-bit, int8 scales
+  gguf_q8_k = 42,    // 256 x int8, f32 d, block sums (ggml's intermediate for dot products)
+  gguf_iq4_nl = 43,  // 32 x 4-bit indices into a non-linear 16-value table, f16 d
+  gguf_tq1_0 = 44,   // 256 ternary values in base 3 (1.6875 bits per weight)
+  gguf_tq2_0 = 45,   // 256 ternary values in 2 bits each
 };
 
 // Where one scale (and zero-point) applies. Groups and blocks run along the input dimension

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "formats/format_impl.h"
+#include "formats/gguf_impl.h"
 #include "qforge/format.h"
 
 namespace qforge {
@@ -45,6 +46,21 @@ constexpr std::array kFormats = std::to_array<FormatTraits>({
   {FormatId::binary,   "binary",   "sign(w) * mean|w| per row, 1-bit codes",                "binary",   "",      1, 1,   kC,       false, kChannel, 0,  false, 0,  0,  false, true,  DType::f16,       false, binary_quantize_ref,   binary_dequantize_ref,   -1, binary_error_bound,   nullptr},
   {FormatId::ternary,  "ternary",  "{-1, 0, +1} * scale per row (TWN), 2-bit codes",        "ternary",  "",      2, 2,   kC,       false, kChannel, 0,  false, 0,  0,  false, true,  DType::f16,       false, ternary_quantize_ref,  ternary_dequantize_ref,  -1, ternary_error_bound,  nullptr},
   {FormatId::f32,      "f32",      "f32 passthrough (unquantized)",                         "f32",      "",      32, 32, kT,       false, kTensor,  0,  false, 0,  0,  false, false, DType::f32,       false, f32_quantize_ref,      f32_dequantize_ref,      0,  f32_error_bound,      nullptr},
+  // GGUF block formats (gguf_legacy.cpp, gguf_kquants.cpp, gguf_ternary.cpp): ggml blocks in the codes plane.
+  {FormatId::gguf_q8_0,    "q8_0",   "GGUF Q8_0: 32 x int8, f16 scale",                 "q8_0",   "", 8, 8, kG, false, kGroup, 32, false, 32, 34, true, false, DType::f16, false, gguf_q8_0_quantize_ref, gguf_q8_0_dequantize_ref, 8, gguf_q8_0_error_bound, nullptr},
+  {FormatId::gguf_q4_0,    "q4_0",   "GGUF Q4_0: 32 x 4-bit, d (q - 8)",                "q4_0",   "", 4, 4, kG, false, kGroup, 32, false, 32, 18, true, false, DType::f16, false, gguf_q4_0_quantize_ref, gguf_q4_0_dequantize_ref, 2, gguf_q4_0_error_bound, nullptr},
+  {FormatId::gguf_q4_1,    "q4_1",   "GGUF Q4_1: 32 x 4-bit, d q + m",                  "q4_1",   "", 4, 4, kG, false, kGroup, 32, false, 32, 20, true, false, DType::f16, false, gguf_q4_1_quantize_ref, gguf_q4_1_dequantize_ref, 3, gguf_q4_1_error_bound, nullptr},
+  {FormatId::gguf_q5_0,    "q5_0",   "GGUF Q5_0: 32 x 5-bit, d (q - 16)",               "q5_0",   "", 5, 5, kG, false, kGroup, 32, false, 32, 22, true, false, DType::f16, false, gguf_q5_0_quantize_ref, gguf_q5_0_dequantize_ref, 6, gguf_q5_0_error_bound, nullptr},
+  {FormatId::gguf_q5_1,    "q5_1",   "GGUF Q5_1: 32 x 5-bit, d q + m",                  "q5_1",   "", 5, 5, kG, false, kGroup, 32, false, 32, 24, true, false, DType::f16, false, gguf_q5_1_quantize_ref, gguf_q5_1_dequantize_ref, 7, gguf_q5_1_error_bound, nullptr},
+  {FormatId::gguf_q2_k,    "q2_k",   "GGUF Q2_K: 16 x 16 x 2-bit, 4-bit scales/mins",   "q2_k",   "", 2, 2, kG, false, kGroup, 256, false, 256, 84, true, false, DType::f16, false, gguf_q2_k_quantize_ref, gguf_q2_k_dequantize_ref, 10, gguf_q2_k_error_bound, nullptr},
+  {FormatId::gguf_q3_k,    "q3_k",   "GGUF Q3_K: 16 x 16 x 3-bit, 6-bit scales",        "q3_k",   "", 3, 3, kG, false, kGroup, 256, false, 256, 110, true, false, DType::f16, false, gguf_q3_k_quantize_ref, gguf_q3_k_dequantize_ref, 11, gguf_q3_k_error_bound, nullptr},
+  {FormatId::gguf_q4_k,    "q4_k",   "GGUF Q4_K: 8 x 32 x 4-bit, 6-bit scales/mins",    "q4_k",   "", 4, 4, kG, false, kGroup, 256, false, 256, 144, true, false, DType::f16, false, gguf_q4_k_quantize_ref, gguf_q4_k_dequantize_ref, 12, gguf_q4_k_error_bound, nullptr},
+  {FormatId::gguf_q5_k,    "q5_k",   "GGUF Q5_K: 8 x 32 x 5-bit, 6-bit scales/mins",    "q5_k",   "", 5, 5, kG, false, kGroup, 256, false, 256, 176, true, false, DType::f16, false, gguf_q5_k_quantize_ref, gguf_q5_k_dequantize_ref, 13, gguf_q5_k_error_bound, nullptr},
+  {FormatId::gguf_q6_k,    "q6_k",   "GGUF Q6_K: 16 x 16 x 6-bit, int8 scales",         "q6_k",   "", 6, 6, kG, false, kGroup, 256, false, 256, 210, true, false, DType::f16, false, gguf_q6_k_quantize_ref, gguf_q6_k_dequantize_ref, 14, gguf_q6_k_error_bound, nullptr},
+  {FormatId::gguf_q8_k,    "q8_k",   "GGUF Q8_K: 256 x int8, f32 scale, block sums",    "q8_k",   "", 8, 8, kG, false, kGroup, 256, false, 256, 292, true, false, DType::f32, false, gguf_q8_k_quantize_ref, gguf_q8_k_dequantize_ref, 15, gguf_q8_k_error_bound, nullptr},
+  {FormatId::gguf_iq4_nl,  "iq4_nl", "GGUF IQ4_NL: 32 x 4-bit non-linear table",        "iq4_nl", "", 4, 4, kG, false, kGroup, 32, false, 32, 18, true, false, DType::f16, false, gguf_iq4_nl_quantize_ref, gguf_iq4_nl_dequantize_ref, 20, gguf_iq4_nl_error_bound, nullptr},
+  {FormatId::gguf_tq1_0,   "tq1_0",  "GGUF TQ1_0: 256 ternary, base-3 packed",          "tq1_0",  "", 2, 2, kG, false, kGroup, 256, false, 256, 54, true, false, DType::f16, false, gguf_tq1_0_quantize_ref, gguf_tq1_0_dequantize_ref, 34, gguf_tq1_0_error_bound, nullptr},
+  {FormatId::gguf_tq2_0,   "tq2_0",  "GGUF TQ2_0: 256 ternary, 2 bits each",            "tq2_0",  "", 2, 2, kG, false, kGroup, 256, false, 256, 66, true, false, DType::f16, false, gguf_tq2_0_quantize_ref, gguf_tq2_0_dequantize_ref, 35, gguf_tq2_0_error_bound, nullptr},
 });
 // clang-format on
 
@@ -298,6 +314,12 @@ Expected<Scheme> Scheme::parse(std::string_view name) {
   std::string_view canonical = name;
   for (const auto& [alias, target] : kAliases)
     if (name == alias) canonical = target;
+  // GGUF block formats are also known by ggml's upper-case type names ("Q4_K", "IQ4_NL").
+  std::string lowered(name);
+  std::transform(lowered.begin(), lowered.end(), lowered.begin(),
+                 [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; });
+  for (const FormatTraits& t : kFormats)
+    if (t.blocks_in_codes && lowered == t.stem) canonical = t.stem;
 
   std::vector<const FormatTraits*> near;  // rows whose stem the name starts with
   std::string first_error;                // from the first row whose shape the name has

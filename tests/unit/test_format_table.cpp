@@ -62,7 +62,9 @@ TEST(FormatTable, GgufTypes) {
   ASSERT_NE(find_format_by_gguf_type(30), nullptr);
   EXPECT_EQ(find_format_by_gguf_type(30)->id, FormatId::bf16);
   EXPECT_EQ(find_format_by_gguf_type(-1), nullptr);
-  EXPECT_EQ(find_format_by_gguf_type(2), nullptr);  // Q4_0: not a qforge scheme row (yet)
+  ASSERT_NE(find_format_by_gguf_type(2), nullptr);  // Q4_0: a GGUF block row
+  EXPECT_EQ(find_format_by_gguf_type(2)->id, FormatId::gguf_q4_0);
+  EXPECT_EQ(find_format_by_gguf_type(31), nullptr);  // retired in ggml (Q4_0_4_4)
   for (FormatId id : {FormatId::int_sym, FormatId::int_asym, FormatId::nf4, FormatId::mxfp4, FormatId::binary})
     EXPECT_EQ(format_traits(id).gguf_type, -1);
 }
@@ -193,7 +195,7 @@ TEST(SchemeNames, BadNamesAreRejectedWithAReason) {
       {"fp8-e3m4-ch", "valid forms"},
       {"f16-ch", "fixed granularity"},
       {"binary-g64", "fixed granularity"},
-      {"q4_0", "valid forms"},
+      {"q4_0-g32", "fixed granularity"},
       {"", "valid forms"},
       {"INT4-G128-SYM", "valid forms"},
   };
@@ -424,7 +426,7 @@ TEST(Dequantize, CorruptTensorsGiveErrorsNotCrashes) {
 // bits_per_weight equal to scheme_bits_per_weight. Rows whose quantizer reports `unsupported`
 // (not implemented yet) are listed and skipped.
 TEST(FormatTable, EveryImplementedRowMeetsItsErrorBound) {
-  const int64_t rows = 6, cols = 128;
+  const int64_t rows = 6, cols = 256;  // a multiple of every fixed block (GGUF K-quants: 256)
   std::vector<float> w = random_weights(rows * cols, 3);
   std::vector<std::string> pending;
   for (const FormatTraits& t : all_formats()) {
