@@ -11,6 +11,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "qforge/atomic_file.h"
+#include "qforge/gguf.h"
 #include "qforge/packed.h"
 #include "qforge/safetensors.h"
 
@@ -38,6 +39,10 @@ struct InspectReport {
   std::map<std::string, std::string> metadata;
   json manifest;  // qforge-packed: format_version, qforge_version, command
   json config;    // model config summary (HF directory)
+  // GGUF: metadata in file order (text: arrays summarised), the same as JSON, and the header.
+  std::vector<std::pair<std::string, std::string>> ordered_metadata;
+  json gguf_metadata;
+  json gguf_header;
 };
 
 double tensor_bits_per_weight(const SafetensorsTensorInfo& t) { return 8.0 * dtype_size(t.dtype); }
@@ -129,6 +134,77 @@ Expected<InspectReport> read_safetensors_report(const std::string& path, bool ra
   return r;
 }
 
+// A GGUF value as JSON; arrays longer than 64 elements are summarised (type, count, first items).
+json gguf_value_json(const GgufValue& v) {
+  auto scalar = [](const GgufValue& x) -> json {
+    if (auto p = x.get_if<std::string>()) return *p;
+    if (auto p = x.get_if<bool>()) return *p;
+    if (auto p = x.get_if<float>()) return *p;
+    if (auto p = x.get_if<double>()) return *p;
+    if (auto i = x.to_int(); i.has_value()) return *i;
+    if (auto u = x.to_uint(); u.has_value()) return *u;
+    return x.describe();
+  };
+  if (!v.is_array()) return scalar(v);
+  constexpr size_t kFull = 64, kHead = 8;
+  json items = json::array();
+  auto add_items = [&](const auto& vec) {
+    for (size_t i = 0; i < vec.size() && (vec.size() <= kFull || i < kHead); ++i) {
+      using E = std::decay_t<decltype(vec[0])>;
+      if constexpr (std::is_same_v<E, GgufValue>)
+        items.push_back(gguf_value_json(vec[i]));
+      else if constexpr (std::is_same_v<E, bool>)
+        items.push_back(static_cast<bool>(vec[i]));
+      else
+        items.push_back(vec[i]);
+    }
+  };
+  if (auto a = v.array_if<std::string>()) add_items(*a);
+  else if (auto a = v.array_if<float>()) add_items(*a);
+  else if (auto a = v.array_if<double>()) add_items(*a);
+  else if (auto a = v.array_if<int32_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint32_t>()) add_items(*a);
+  else if (auto a = v.array_if<int64_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint64_t>()) add_items(*a);
+  else if (auto a = v.array_if<int16_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint16_t>()) add_items(*a);
+  else if (auto a = v.array_if<int8_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint8_t>()) add_items(*a);
+  else if (auto a = v.array_if<bool>()) add_items(*a);
+  else if (auto a = v.array_if<GgufValue>()) add_items(*a);
+  if (v.size() <= kFull) return items;
+  return json{{"type", v.type_description()}, {"count", v.size()}, {"first", items}};
+}
+
+Expected<InspectReport> read_gguf_report(const std::string& path) {
+  QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(path));
+  InspectReport r;
+  r.path = path;
+  r.kind = "gguf";
+  r.files.push_back(std::filesystem::path(path).filename().string());
+  r.file_bytes = f.file_size();
+  r.gguf_header = {{"version", f.version()}, {"alignment", f.alignment()}, {"data_offset", f.data_offset()},
+                   {"tensor_count", f.tensors().size()}, {"metadata_count", f.metadata().size()}};
+  r.gguf_metadata = json::object();
+  for (const GgufKeyValue& kv : f.metadata()) {
+    r.ordered_metadata.emplace_back(kv.key, kv.value.describe());
+    r.gguf_metadata[kv.key] = gguf_value_json(kv.value);
+  }
+  for (const GgufTensorInfo& t : f.tensors()) {
+    const GgmlTypeInfo& info = ggml_type_info(t.type);
+    InspectTensor e;
+    e.name = t.name;
+    e.dtype = info.name;
+    e.shape = t.shape;
+    e.nbytes = t.nbytes;
+    e.parameters = t.numel();
+    e.bits_per_weight = 8.0 * info.type_size / static_cast<double>(info.block_size);
+    if (info.quantized) e.scheme = info.name;
+    r.tensors.push_back(std::move(e));
+  }
+  return r;
+}
+
 // Reads the first bytes to tell containers apart.
 Expected<std::string> sniff(const std::string& path) {
   std::error_code ec;
@@ -144,9 +220,7 @@ Expected<std::string> sniff(const std::string& path) {
 
 Expected<InspectReport> read_report(const std::string& path, bool raw) {
   QFORGE_ASSIGN_OR_RETURN(std::string kind, sniff(path));
-  if (kind == "gguf")
-    return unsupported(path + ": GGUF files cannot be inspected by this build yet (safetensors files and HF "
-                              "directories can)");
+  if (kind == "gguf") return read_gguf_report(path);
   return read_safetensors_report(path, raw);
 }
 
@@ -157,14 +231,25 @@ void print_report(const InspectReport& r, std::FILE* out) {
   if (r.files.size() > 1) std::fprintf(out, ", %zu files", r.files.size());
   std::fprintf(out, ", %s)\n\n", format_bytes(r.file_bytes).c_str());
 
-  bool packed = r.kind == "qforge-packed";
+  const bool packed = r.kind == "qforge-packed";
+  const bool gguf = r.kind == "gguf";
+  if (gguf) {
+    std::fprintf(out, "GGUF v%d, alignment %d, data at byte %llu, %zu metadata keys\n\nmetadata:\n",
+                 r.gguf_header.value("version", 0), r.gguf_header.value("alignment", 0),
+                 static_cast<unsigned long long>(r.gguf_header.value("data_offset", uint64_t{0})),
+                 r.ordered_metadata.size());
+    for (const auto& [k, v] : r.ordered_metadata) std::fprintf(out, "  %s = %s\n", k.c_str(), shorten(v, 200).c_str());
+    std::fprintf(out, "\n");
+  }
   Table t;
   t.add_column("tensor", Table::Align::left);
-  t.add_column("dtype", Table::Align::left);
+  t.add_column(gguf ? "type" : "dtype", Table::Align::left);
   t.add_column("shape", Table::Align::left);
   t.add_column("bytes");
   if (packed) {
     t.add_column("scheme", Table::Align::left);
+    t.add_column("bits/w");
+  } else if (gguf) {
     t.add_column("bits/w");
   }
   std::vector<const InspectTensor*> sorted;
@@ -179,6 +264,8 @@ void print_report(const InspectReport& r, std::FILE* out) {
     if (packed) {
       row.push_back(e->scheme);
       row.push_back(format_fixed(e->bits_per_weight, 3));
+    } else if (gguf) {
+      row.push_back(format_fixed(e->bits_per_weight, 4));
     }
     t.add_row(std::move(row));
     params += e->parameters;
@@ -195,7 +282,11 @@ void print_report(const InspectReport& r, std::FILE* out) {
                format_bytes(bytes).c_str());
   std::string dtypes;
   for (const auto& [d, n] : by_dtype) dtypes += (dtypes.empty() ? "" : ", ") + d + " " + format_count(static_cast<uint64_t>(n));
-  std::fprintf(out, "parameters by dtype: %s\n", dtypes.c_str());
+  std::fprintf(out, "parameters by %s: %s\n", gguf ? "type" : "dtype", dtypes.c_str());
+  if (gguf && params > 0)
+    std::fprintf(out, "%.4f bits/parameter over all tensor data; %s in quantized types\n",
+                 8.0 * static_cast<double>(bytes) / static_cast<double>(params),
+                 format_count(static_cast<uint64_t>(q_params)).c_str());
   if (packed && q_params > 0) {
     std::fprintf(out, "quantized: %s parameters in %s, %.3f bits/weight; whole file %.3f bits/parameter\n",
                  format_count(static_cast<uint64_t>(q_params)).c_str(), format_bytes(q_bytes).c_str(),
@@ -225,7 +316,9 @@ json report_json(const InspectReport& r) {
   uint64_t bytes = 0;
   for (const auto& e : r.tensors) {
     json t = {{"name", e.name}, {"dtype", e.dtype}, {"shape", e.shape}, {"bytes", e.nbytes}};
-    if (!e.scheme.empty()) {
+    if (r.kind == "gguf") {
+      t["bits_per_weight"] = e.bits_per_weight;
+    } else if (!e.scheme.empty()) {
       t["scheme"] = e.scheme;
       t["bits_per_weight"] = e.bits_per_weight;
     }
@@ -237,6 +330,10 @@ json report_json(const InspectReport& r) {
   j["totals"] = {{"tensors", r.tensors.size()}, {"parameters", params}, {"bytes", bytes}};
   j["metadata"] = r.metadata;
   if (!r.manifest.empty()) j["manifest"] = r.manifest;
+  if (r.kind == "gguf") {
+    j["metadata"] = r.gguf_metadata;
+    j["gguf"] = r.gguf_header;
+  }
   if (!r.config.empty()) j["config"] = r.config;
   return j;
 }
@@ -251,7 +348,8 @@ void add_inspect_command(CLI::App& app, int* exit_code) {
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("inspect", "List a checkpoint's tensors, totals, metadata and model config");
-  cmd->add_option("path", opt->path, "A .safetensors file (plain or qforge packed) or an HF model directory")
+  cmd->add_option("path", opt->path,
+                  "A .safetensors file (plain or qforge packed), an HF model directory or a GGUF file")
       ->required();
   cmd->add_flag("--json", opt->json, "Print the report as JSON on stdout");
   cmd->add_flag("--raw", opt->raw, "For qforge packed files: list the stored planes instead of the quantized tensors");

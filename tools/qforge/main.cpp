@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   add_analyze_command(app, &exit_code);
   add_quantize_command(app, &exit_code);
   add_dequantize_command(app, &exit_code);
+  add_convert_command(app, &exit_code);
   add_demo_command(app, &exit_code);
 
   set_command_line(argc, argv);
