@@ -1,5 +1,6 @@
 // Throughput of the GGUF block quantizers and dequantizers on a 4096 x 4096 f32 weight.
-// bytes_per_second counts the f32 input (quantize) or the f32 output (dequantize).
+// bytes_per_second counts the f32 input (quantize) or the f32 output (dequantize), per wall-clock
+// second with all threads (OMP_NUM_THREADS=1 for one core); the CPU column is the whole process's.
 //   build/bench/bench_gguf_quantize --benchmark_filter=quantize/q4_k
 #include <benchmark/benchmark.h>
 
@@ -107,6 +108,7 @@ const bool kRegistered = [] {
   for (const BenchFormat& f : kFormats) {
     benchmark::RegisterBenchmark((std::string("quantize/") + f.name).c_str(), bm_quantize, &f)
         ->Unit(benchmark::kMillisecond)
+        ->MeasureProcessCPUTime()  // the quantizer runs rows on all threads
         ->UseRealTime()
         ->MinTime(1.0);
     benchmark::RegisterBenchmark((std::string("dequantize/") + f.name).c_str(), bm_dequantize, &f)

@@ -35,7 +35,8 @@
 // Histograms (percentile, mse, entropy) are kept per channel on an aligned grid whose width
 // doubles (exact pairwise merging) and whose window slides when a batch exceeds the range, so any
 // number of batches fit in `histogram_bins` counters while the observed range always spans more
-// than half of them (bin width <= 2 * (max - min) / (histogram_bins - 1)). Entropy re-bins that
+// than half of them (bin width <= 2 * (max - min) / (histogram_bins - 1), or 2^-30 * max|x| when
+// that is larger, for data far from 0 with a tiny spread). Entropy re-bins that
 // histogram to exactly 2048 bins over [0, amax], splitting stored bins in proportion to overlap
 // (uniform density inside a bin); with the default 4096 stored bins a stored bin is at most
 // 2 * amax / 4095 (1.0003 target bins) wide, so re-binning moves mass by about one target bin at

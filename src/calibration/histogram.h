@@ -21,11 +21,12 @@ struct MassBin {
 //
 // Bin i holds values v with floor(v * inv_width) == k0 + i. When a batch falls outside the window,
 // the grid width doubles (pairs of bins merge exactly, since grid cells nest) and/or the window
-// slides, so counts stay exact integers and the result does not depend on how data was split,
-// only on which batch came first. The width after growth is the smallest power-of-two multiple of
-// the first batch's width that fits, so the observed range always spans more than (bins-1)/2 bins:
-// bin width <= 2 * (max - min) / (bins - 1). Until a batch with non-zero spread arrives, the
-// histogram holds a point mass (all values equal) and allocates nothing.
+// slides, so counts stay exact integers and the final histogram depends only on the first batch
+// with a spread (which sets the base width) and the overall range, not on how the rest of the data
+// was split. The width is the smallest power-of-two multiple of the base width that fits, so the
+// observed range spans more than (bins-1)/2 bins: bin width <= max(2 * (max - min) / (bins - 1),
+// 2^-30 * max|x|). Until a batch with a spread arrives the histogram is a point mass (all values
+// equal) and allocates nothing.
 class GridHistogram {
  public:
   explicit GridHistogram(int bins = 2048);

@@ -82,35 +82,41 @@ Status quantize_rows(const Scheme& scheme, const float* w, int64_t rows, int64_t
   return Status::ok();
 }
 
-// Weighted mean of |x| over the elements where keep(i); plain mean without weights, or when the
-// weights of those elements sum to 0.
-template <class Keep>
-double mean_abs(const float* x, const float* v, int64_t n, Keep keep) {
+// Weighted mean of |x| (the least-squares scale for fixed signs); the plain mean without weights or
+// when the weights sum to 0.
+double mean_abs(const float* x, const float* v, int64_t n) {
   double num = 0, den = 0, plain = 0;
-  int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (!keep(i)) continue;
     const double a = std::fabs(static_cast<double>(x[i]));
     plain += a;
-    ++count;
     if (v) num += v[i] * a, den += v[i];
   }
   if (v && den > 0) return num / den;
-  return count > 0 ? plain / static_cast<double>(count) : 0.0;
+  return n > 0 ? plain / static_cast<double>(n) : 0.0;
 }
 
 double binary_row(const float* x, const float* v, int64_t n, uint8_t* codes) {
   for (int64_t i = 0; i < n; ++i) codes[i] = x[i] >= 0 ? 1 : 0;
-  return mean_abs(x, v, n, [](int64_t) { return true; });
+  return mean_abs(x, v, n);
 }
 
 double ternary_row(const float* x, const float* v, int64_t n, uint8_t* codes) {
-  const double delta = kTernaryThreshold * mean_abs(x, nullptr, n, [](int64_t) { return true; });
+  const double delta = kTernaryThreshold * mean_abs(x, nullptr, n);
+  // Branch-free: the signs of random weights defeat a branch predictor.
+  double kept_sum = 0, weighted_sum = 0, weight_sum = 0;
+  int64_t kept = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double a = x[i];
-    codes[i] = a > delta ? 2 : (a < -delta ? 0 : 1);
+    const int above = a > delta, below = a < -delta;
+    codes[i] = static_cast<uint8_t>(1 + above - below);
+    const double keep = above | below;
+    const double mag = std::fabs(a) * keep;
+    kept_sum += mag;
+    kept += above | below;
+    if (v) weighted_sum += v[i] * mag, weight_sum += v[i] * keep;
   }
-  return mean_abs(x, v, n, [&](int64_t i) { return codes[i] != 1; });
+  if (v && weight_sum > 0) return weighted_sum / weight_sum;
+  return kept > 0 ? kept_sum / static_cast<double>(kept) : 0.0;
 }
 
 // decode(code) * alpha for each code of a row.
@@ -137,7 +143,8 @@ Status binary_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, i
   return quantize_rows(scheme, w, rows, cols, options, out, binary_row);
 }
 void binary_dequantize_ref(const QuantizedTensor& q, float* out) {
-  dequantize_rows(q, out, [](uint8_t code) { return code ? 1.0f : -1.0f; });
+  static constexpr float kSign[2] = {-1.0f, 1.0f};
+  dequantize_rows(q, out, [](uint8_t code) { return kSign[code & 1]; });
 }
 
 Status ternary_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
@@ -145,7 +152,8 @@ Status ternary_quantize_ref(const Scheme& scheme, const float* w, int64_t rows, 
   return quantize_rows(scheme, w, rows, cols, options, out, ternary_row);
 }
 void ternary_dequantize_ref(const QuantizedTensor& q, float* out) {
-  dequantize_rows(q, out, [](uint8_t code) { return code == 0 ? -1.0f : (code == 2 ? 1.0f : 0.0f); });
+  static constexpr float kTernary[4] = {-1.0f, 0.0f, 1.0f, 0.0f};  // code t + 1; 3 is never written
+  dequantize_rows(q, out, [](uint8_t code) { return kTernary[code & 3]; });
 }
 
 double binary_error_bound(const Scheme&) { return 1.0 + 1.0 / 2048 + kFloatSlack; }

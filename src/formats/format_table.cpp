@@ -495,25 +495,41 @@ size_t packed_size(int64_t n, int bits) {
   return (static_cast<size_t>(n) * static_cast<size_t>(bits) + 7) / 8;
 }
 
-void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
-  QFORGE_CHECK(bits >= 1 && bits <= 8);
-  if (n <= 0) return;
-  if (bits == 8) {
-    std::copy(codes, codes + n, out);
+namespace {
+
+// 8 codes of B bits are exactly B bytes: the bulk of a row is packed 8 codes at a time through a
+// 64-bit word (B is a template constant so the loops unroll); the tail of < 8 codes goes bit by bit.
+// Widths dividing 8 (1, 2, 4) go a byte at a time instead, a loop compilers vectorise.
+template <int B>
+void pack_bits_fixed(const uint8_t* codes, int64_t n, uint8_t* out) {
+  constexpr uint64_t mask = (1u << B) - 1;
+  const int64_t blocks = n / 8;
+  if constexpr (8 % B == 0) {
+    constexpr int per_byte = 8 / B;
+    const int64_t bytes = n / per_byte;
+    for (int64_t j = 0; j < bytes; ++j) {
+      unsigned byte = 0;
+      for (int k = 0; k < per_byte; ++k) byte |= (codes[j * per_byte + k] & mask) << (k * B);
+      out[j] = static_cast<uint8_t>(byte);
+    }
+    codes += bytes * per_byte;
+    out += bytes;
+    n -= bytes * per_byte;
+    unsigned last = 0;
+    for (int64_t k = 0; k < n; ++k) last |= (codes[k] & mask) << (k * B);
+    if (n > 0) *out = static_cast<uint8_t>(last);
     return;
   }
-  const uint32_t mask = (1u << bits) - 1;
-  if (bits == 4) {  // the common case: two codes per byte, low nibble first
-    int64_t i = 0;
-    for (; i + 1 < n; i += 2) *out++ = static_cast<uint8_t>((codes[i] & 0xF) | ((codes[i + 1] & 0xF) << 4));
-    if (i < n) *out = static_cast<uint8_t>(codes[i] & 0xF);
-    return;
+  for (int64_t blk = 0; blk < blocks; ++blk, codes += 8, out += B) {
+    uint64_t word = 0;
+    for (int k = 0; k < 8; ++k) word |= (codes[k] & mask) << (k * B);
+    for (int j = 0; j < B; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
   }
-  uint32_t acc = 0;  // pending bits, lowest first
+  uint32_t acc = 0;  // tail: pending bits, lowest first
   int pending = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    acc |= (codes[i] & mask) << pending;
-    pending += bits;
+  for (int64_t i = blocks * 8; i < n; ++i, ++codes) {
+    acc |= static_cast<uint32_t>(*codes & mask) << pending;
+    pending += B;
     while (pending >= 8) {
       *out++ = static_cast<uint8_t>(acc);
       acc >>= 8;
@@ -523,33 +539,66 @@ void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
   if (pending > 0) *out = static_cast<uint8_t>(acc);
 }
 
-void unpack_bits(const uint8_t* packed, int64_t n, int bits, uint8_t* codes) {
-  QFORGE_CHECK(bits >= 1 && bits <= 8);
-  if (n <= 0) return;
-  if (bits == 8) {
-    std::copy(packed, packed + n, codes);
+template <int B>
+void unpack_bits_fixed(const uint8_t* packed, int64_t n, uint8_t* codes) {
+  constexpr uint64_t mask = (1u << B) - 1;
+  const int64_t blocks = n / 8;
+  if constexpr (8 % B == 0) {
+    constexpr int per_byte = 8 / B;
+    const int64_t bytes = n / per_byte;
+    for (int64_t j = 0; j < bytes; ++j)
+      for (int k = 0; k < per_byte; ++k) codes[j * per_byte + k] = static_cast<uint8_t>((packed[j] >> (k * B)) & mask);
+    for (int64_t i = bytes * per_byte; i < n; ++i)  // the last, partial byte
+      codes[i] = static_cast<uint8_t>((packed[bytes] >> ((i - bytes * per_byte) * B)) & mask);
     return;
   }
-  const uint32_t mask = (1u << bits) - 1;
-  if (bits == 4) {
-    int64_t i = 0;
-    for (; i + 1 < n; i += 2, ++packed) {
-      codes[i] = *packed & 0xF;
-      codes[i + 1] = *packed >> 4;
-    }
-    if (i < n) codes[i] = *packed & 0xF;
-    return;
+  for (int64_t blk = 0; blk < blocks; ++blk, packed += B, codes += 8) {
+    uint64_t word = 0;
+    for (int j = 0; j < B; ++j) word |= static_cast<uint64_t>(packed[j]) << (8 * j);
+    for (int k = 0; k < 8; ++k) codes[k] = static_cast<uint8_t>((word >> (k * B)) & mask);
   }
-  uint32_t acc = 0;
+  uint32_t acc = 0;  // tail: reads exactly the remaining packed bytes
   int available = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (available < bits) {  // reads exactly packed_size(n, bits) bytes in total
+  for (int64_t i = blocks * 8; i < n; ++i) {
+    if (available < B) {
       acc |= static_cast<uint32_t>(*packed++) << available;
       available += 8;
     }
-    codes[i] = static_cast<uint8_t>(acc & mask);
-    acc >>= bits;
-    available -= bits;
+    *codes++ = static_cast<uint8_t>(acc & mask);
+    acc >>= B;
+    available -= B;
+  }
+}
+
+}  // namespace
+
+void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
+  QFORGE_CHECK(bits >= 1 && bits <= 8);
+  if (n <= 0) return;
+  switch (bits) {
+    case 1: return pack_bits_fixed<1>(codes, n, out);
+    case 2: return pack_bits_fixed<2>(codes, n, out);
+    case 3: return pack_bits_fixed<3>(codes, n, out);
+    case 4: return pack_bits_fixed<4>(codes, n, out);
+    case 5: return pack_bits_fixed<5>(codes, n, out);
+    case 6: return pack_bits_fixed<6>(codes, n, out);
+    case 7: return pack_bits_fixed<7>(codes, n, out);
+    default: std::copy(codes, codes + n, out);
+  }
+}
+
+void unpack_bits(const uint8_t* packed, int64_t n, int bits, uint8_t* codes) {
+  QFORGE_CHECK(bits >= 1 && bits <= 8);
+  if (n <= 0) return;
+  switch (bits) {
+    case 1: return unpack_bits_fixed<1>(packed, n, codes);
+    case 2: return unpack_bits_fixed<2>(packed, n, codes);
+    case 3: return unpack_bits_fixed<3>(packed, n, codes);
+    case 4: return unpack_bits_fixed<4>(packed, n, codes);
+    case 5: return unpack_bits_fixed<5>(packed, n, codes);
+    case 6: return unpack_bits_fixed<6>(packed, n, codes);
+    case 7: return unpack_bits_fixed<7>(packed, n, codes);
+    default: std::copy(packed, packed + n, codes);
   }
 }
 

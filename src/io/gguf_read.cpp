@@ -74,15 +74,22 @@ class GgufParser {
     pos_ += sizeof(T);
     return Status::ok();
   }
-  Status read_string(std::string* out, const std::string& what, uint64_t max_bytes) {
+  // `index` >= 0 names an array element ("what[index]"); the name is only built on error, since
+  // vocabularies hold 10^5 strings.
+  static std::string element(const std::string& what, int64_t index) {
+    return index < 0 ? what : what + "[" + std::to_string(index) + "]";
+  }
+  Status read_string(std::string* out, const std::string& what, uint64_t max_bytes, int64_t index = -1) {
     const uint64_t at = pos_;
     uint64_t len = 0;
-    QFORGE_RETURN_IF_ERROR(read(&len, what + " length"));
+    if (remaining() < sizeof len) return need(sizeof len, element(what, index) + " length");
+    std::memcpy(&len, data_ + pos_, sizeof len);
+    pos_ += sizeof len;
     if (len > remaining())
-      return error(at, what + " length " + std::to_string(len) + " runs past the end of the file (" +
+      return error(at, element(what, index) + " length " + std::to_string(len) + " runs past the end of the file (" +
                            std::to_string(remaining()) + " bytes left)");
     if (len > max_bytes)
-      return error(at, what + " is " + std::to_string(len) + " bytes long, more than the limit of " +
+      return error(at, element(what, index) + " is " + std::to_string(len) + " bytes long, more than the limit of " +
                            std::to_string(max_bytes));
     out->assign(reinterpret_cast<const char*>(data_ + pos_), static_cast<size_t>(len));
     pos_ += len;
@@ -105,11 +112,12 @@ class GgufParser {
     pos_ += count * sizeof(T);
     return Status::ok();
   }
-  Status read_bool(bool* out, const std::string& what) {
+  Status read_bool(bool* out, const std::string& what, int64_t index = -1) {
     const uint64_t at = pos_;
-    uint8_t b = 0;
-    QFORGE_RETURN_IF_ERROR(read(&b, what));
-    if (b > 1) return error(at, what + " is a bool with byte value " + std::to_string(b) + " (must be 0 or 1)");
+    if (remaining() < 1) return need(1, element(what, index));
+    const uint8_t b = data_[pos_++];
+    if (b > 1)
+      return error(at, element(what, index) + " is a bool with byte value " + std::to_string(b) + " (must be 0 or 1)");
     *out = b != 0;
     return Status::ok();
   }
@@ -175,7 +183,7 @@ Status GgufParser::read_array(int depth, const std::string& what, GgufValue* out
       std::vector<bool> v(static_cast<size_t>(count));
       for (uint64_t i = 0; i < count; ++i) {
         bool b = false;
-        QFORGE_RETURN_IF_ERROR(read_bool(&b, what + "[" + std::to_string(i) + "]"));
+        QFORGE_RETURN_IF_ERROR(read_bool(&b, what, static_cast<int64_t>(i)));
         v[static_cast<size_t>(i)] = b;
       }
       *out = GgufValue::array(std::move(v));
@@ -184,7 +192,7 @@ Status GgufParser::read_array(int depth, const std::string& what, GgufValue* out
     case GgufValueType::string: {
       std::vector<std::string> v(static_cast<size_t>(count));
       for (uint64_t i = 0; i < count; ++i)
-        QFORGE_RETURN_IF_ERROR(read_string(&v[static_cast<size_t>(i)], what + "[" + std::to_string(i) + "]", remaining()));
+        QFORGE_RETURN_IF_ERROR(read_string(&v[static_cast<size_t>(i)], what, remaining(), static_cast<int64_t>(i)));
       *out = GgufValue::array(std::move(v));
       return Status::ok();
     }
@@ -227,10 +235,13 @@ Status GgufParser::read_tensor_info(uint64_t index, GgufTensorInfo* info, uint64
   uint32_t type_id = 0;
   QFORGE_RETURN_IF_ERROR(read(&type_id, tname + " type"));
   const GgmlTypeInfo* type = find_ggml_type(type_id);
-  if (type == nullptr)
+  if (type == nullptr) {
+    const bool removed = ggml_type_id_description(type_id).starts_with("removed");
     return error(type_at, tname + " has " + ggml_type_id_description(type_id) +
-                              ", which qforge cannot size (re-convert with a current llama.cpp)",
+                              (removed ? " (llama.cpp no longer stores it in files; re-convert the model)"
+                                       : " (newer than the ggml types this qforge knows)"),
                  ErrorCode::unsupported);
+  }
   info->type = type->type;
   auto nbytes = ggml_tensor_nbytes(info->type, info->ne);
   if (!nbytes.has_value())

@@ -219,8 +219,9 @@ Status GgufWriter::write_to(const Sink& sink) {
   for (const Entry& e : tensors_) {
     const uint8_t* bytes = static_cast<const uint8_t*>(e.data);
     if (e.produce) {
-      buffer.assign(static_cast<size_t>(e.nbytes), 0);
-      Status st = e.produce(buffer.data(), buffer.size());
+      // Never hand a producer a null pointer, even for a 0-byte tensor.
+      buffer.assign(std::max<size_t>(static_cast<size_t>(e.nbytes), 1), 0);
+      Status st = e.produce(buffer.data(), static_cast<size_t>(e.nbytes));
       if (!st.is_ok()) return st.with_context(path_ + ": tensor '" + e.name + "'");
       bytes = buffer.data();
     }

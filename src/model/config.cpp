@@ -101,7 +101,7 @@ class Fields {
 
 // RoPE theta: transformers < 5 writes `rope_theta`; transformers 5 nests it in `rope_parameters`.
 // Only the default (unscaled) RoPE is implemented; scaled variants are refused, not approximated.
-Status parse_rope(const json& j, const Fields& f, ModelConfig* c) {
+Status parse_rope(const Fields& f, ModelConfig* c) {
   QFORGE_ASSIGN_OR_RETURN(auto theta, f.opt_number("rope_theta"));
   if (const json* rp = f.find("rope_parameters")) {
     if (!rp->is_object()) return f.wrong("rope_parameters", "an object");
@@ -128,7 +128,6 @@ Status parse_rope(const json& j, const Fields& f, ModelConfig* c) {
   c->rope_theta = theta.value_or(10000.0);
   if (!(c->rope_theta > 1.0) || !std::isfinite(c->rope_theta))
     return parse_error(f.source() + ": rope theta " + std::to_string(c->rope_theta) + " must be > 1");
-  (void)j;
   return Status::ok();
 }
 
@@ -142,7 +141,7 @@ Status parse_common_tokens(const Fields& f, ModelConfig* c) {
   return Status::ok();
 }
 
-Status parse_llama_family(const json& j, const Fields& f, ModelConfig* c) {
+Status parse_llama_family(const Fields& f, ModelConfig* c) {
   QFORGE_ASSIGN_OR_RETURN(c->hidden_size, f.req_int("hidden_size"));
   QFORGE_ASSIGN_OR_RETURN(c->num_layers, f.req_int("num_hidden_layers"));
   QFORGE_ASSIGN_OR_RETURN(c->num_heads, f.req_int("num_attention_heads"));
@@ -160,7 +159,7 @@ Status parse_llama_family(const json& j, const Fields& f, ModelConfig* c) {
                        architecture_name(c->arch) + " (only 'silu')");
   QFORGE_ASSIGN_OR_RETURN(int64_t tp, f.int_or("pretraining_tp", 1));
   (void)tp;  // HF only uses it to split matmuls; the math is the same
-  QFORGE_RETURN_IF_ERROR(parse_rope(j, f, c));
+  QFORGE_RETURN_IF_ERROR(parse_rope(f, c));
   c->norm = NormType::rms_norm;
   c->mlp = MlpType::gated_silu;
   c->rope = RopeStyle::half_split;
@@ -296,7 +295,7 @@ Expected<ModelConfig> parse_model_config(const nlohmann::json& config, const std
     case Architecture::llama:
     case Architecture::mistral:
     case Architecture::qwen2:
-      QFORGE_RETURN_IF_ERROR(parse_llama_family(config, f, &c));
+      QFORGE_RETURN_IF_ERROR(parse_llama_family(f, &c));
       break;
     case Architecture::gpt2:
       QFORGE_RETURN_IF_ERROR(parse_gpt2(f, &c));

@@ -18,6 +18,7 @@
 #include "formats/gguf_impl.h"
 #include "qforge/dtype.h"
 #include "qforge/format.h"
+#include "qforge/gguf.h"
 #include "qforge/safetensors.h"
 #include "test_support.h"
 
@@ -828,6 +829,12 @@ TEST(GgufBlocks, TableRowsNamesAndPublicApi) {
     EXPECT_TRUE(t.blocks_in_codes);
     EXPECT_EQ(t.quantize_ref, f.quantize);
     EXPECT_EQ(t.dequantize_ref, f.dequantize);
+    // The GGUF reader/writer keeps its own ggml type table (io/gguf_types.cpp): same geometry.
+    const GgmlTypeInfo* gt = find_ggml_type(static_cast<uint32_t>(ggml_types[i]));
+    ASSERT_NE(gt, nullptr);
+    EXPECT_EQ(gt->block_size, f.block);
+    EXPECT_EQ(gt->type_size, static_cast<uint32_t>(f.bytes));
+    EXPECT_EQ(Scheme::parse(gt->name).value(), scheme_of(f)) << gt->name;
 
     auto parsed = Scheme::parse(f.name);
     ASSERT_TRUE(parsed.has_value()) << parsed.status().to_string();

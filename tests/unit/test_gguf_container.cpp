@@ -2,6 +2,7 @@
 // malformed-file rejection, and real vocab-only files from llama.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -412,7 +413,7 @@ TEST(GgufTensors, RoundTripWithAlignedOffsetsAndZeroCopyViews) {
       expected_offset += (c.bytes.size() + align - 1) / align * align;
       auto bytes = f->tensor_bytes(t);
       ASSERT_EQ(bytes.size(), c.bytes.size());
-      EXPECT_EQ(std::memcmp(bytes.data(), c.bytes.data(), bytes.size()), 0) << t.name;
+      EXPECT_TRUE(std::equal(bytes.begin(), bytes.end(), c.bytes.begin())) << t.name;
       EXPECT_EQ(f->find_tensor(c.name), &t);
 
       auto tensor = f->tensor(c.name);
@@ -509,7 +510,7 @@ TEST(GgufWriterTest, LazyTensorsStreamAndFailuresLeaveNothing) {
     for (const auto& c : cases) {
       ASSERT_TRUE(w.add_tensor_lazy(c.name, c.type, c.shape, [&c](uint8_t* out, size_t n) {
                      if (n != c.bytes.size()) return Status::error(ErrorCode::internal, "wrong size " + std::to_string(n));
-                     std::memcpy(out, c.bytes.data(), n);
+                     std::copy(c.bytes.begin(), c.bytes.end(), out);
                      return Status::ok();
                    }).is_ok());
     }

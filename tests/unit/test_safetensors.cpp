@@ -134,7 +134,9 @@ TEST(Safetensors, RoundTripEveryDTypeAndShape) {
     EXPECT_EQ(view->dtype(), t.dtype);
     EXPECT_EQ(view->shape(), t.shape);
     ASSERT_EQ(view->nbytes(), t.bytes.size());
-    EXPECT_EQ(0, std::memcmp(view->data(), t.bytes.data(), t.bytes.size()));
+    if (!t.bytes.empty()) {
+      EXPECT_EQ(0, std::memcmp(view->data(), t.bytes.data(), t.bytes.size()));
+    }
     // The writer's layout keeps every tensor aligned, so views are zero-copy into the mapping.
     EXPECT_EQ(reinterpret_cast<uintptr_t>(view->data()) % dtype_size(t.dtype), 0u);
     EXPECT_EQ(view->data(), f->tensor_bytes(*info));

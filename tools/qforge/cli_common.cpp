@@ -28,8 +28,8 @@ std::string& command_line_storage() {
   static std::string s;
   return s;
 }
+}  // namespace
 
-// Quotes an argument for display when it holds characters a shell would interpret.
 std::string shell_quote(const std::string& arg) {
   if (!arg.empty() && arg.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%") ==
                           std::string::npos)
@@ -38,7 +38,6 @@ std::string shell_quote(const std::string& arg) {
   for (char c : arg) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
 }
-}  // namespace
 
 void set_command_line(int argc, char** argv) {
   std::string s = "qforge";

@@ -28,9 +28,11 @@ inline constexpr int kExitInterrupted = 130;
 int report_error(const Status& status);
 void warn(const std::string& message);  // "qforge: warning: <message>"
 
-// The command line as one string (argv[0] reduced to "qforge"), recorded in output manifests.
+// The command line as one string (argv[0] reduced to "qforge"), recorded in reports.
 void set_command_line(int argc, char** argv);
 const std::string& command_line();
+// Quotes an argument for a POSIX shell when it holds characters the shell would interpret.
+std::string shell_quote(const std::string& arg);
 
 // Parses each --scheme value; errors name the option and the offending value.
 Expected<std::vector<Scheme>> parse_schemes(const std::vector<std::string>& names, const std::string& option);
@@ -45,6 +47,7 @@ Expected<Architecture> checkpoint_architecture(const SafetensorsCheckpoint& ckpt
 struct Selection {
   std::optional<std::regex> filter;  // replaces the default selection when set
   std::optional<std::regex> keep;    // excludes matching names
+  std::string filter_pattern, keep_pattern;  // their source text (empty when unset)
 };
 struct SelectedTensor {
   std::string name;

@@ -285,6 +285,8 @@ void add_analyze_command(CLI::App& app, int* exit_code) {
     if (!keep) return fail(keep.status());
     sel.filter = *filter;
     sel.keep = *keep;
+    sel.filter_pattern = opt->filter;
+    sel.keep_pattern = opt->keep;
     if (!opt->json_out.empty())
       if (Status s = check_output_path(opt->json_out, "--json"); !s) return fail(s);
     std::optional<ScopedThreadLimit> limit;

@@ -81,7 +81,11 @@ Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& req) {
   }
 
   PackedWriter writer(req.output);
-  writer.set_command(command_line());
+  // What determined the contents (not --out or --threads), so equal inputs give equal files.
+  std::string command = "qforge quantize " + shell_quote(req.input) + " --scheme " + req.scheme.name();
+  if (req.selection.filter) command += " --filter " + shell_quote(req.selection.filter_pattern);
+  if (req.selection.keep) command += " --keep " + shell_quote(req.selection.keep_pattern);
+  writer.set_command(command);
   for (const auto& [k, v] : ckpt.metadata()) QFORGE_RETURN_IF_ERROR(writer.set_metadata(k, v));
 
   // Quantize in parallel; planes enter the writer in selection order (ordered region), so the file
@@ -249,6 +253,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     if (!keep) return fail(keep.status());
     req.selection.filter = *filter;
     req.selection.keep = *keep;
+    req.selection.filter_pattern = opt->filter;
+    req.selection.keep_pattern = opt->keep;
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -36,7 +37,14 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "qforge: error: %s\n", e.what());
+    // CLI11 reports an unknown command as a missing one; name it instead.
+    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
+      std::string known;
+      for (const CLI::App* sub : app.get_subcommands({})) known += (known.empty() ? "" : ", ") + sub->get_name();
+      std::fprintf(stderr, "qforge: error: unknown command '%s' (commands: %s)\n", argv[1], known.c_str());
+    } else {
+      std::fprintf(stderr, "qforge: error: %s\n", e.what());
+    }
     std::fprintf(stderr, "Run 'qforge --help' or 'qforge <command> --help' for usage.\n");
     return kExitUsage;
   } catch (const std::bad_alloc&) {
