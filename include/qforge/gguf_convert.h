@@ -139,6 +139,9 @@ class GgufModelInput {
   const std::vector<GgufInputTensor>& tensors() const;
   // The input GGUF file (GGUF input only), else null.
   const GgufFile* gguf_file() const;
+  // Things that convert but behave differently in llama.cpp (e.g. a Mistral sliding window,
+  // which llama.cpp's llama architecture does not apply).
+  const std::vector<std::string>& warnings() const;
 
   // Tensor `index` as f32, row-major, with the permutation applied; quantized GGUF tensors are
   // dequantized through the format table. Safe to call from several threads.

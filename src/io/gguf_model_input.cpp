@@ -31,6 +31,7 @@ struct GgufModelInput::Impl {
   std::shared_ptr<const TensorSource> llama2c;        // llama2c
   std::optional<GgufFile> gguf;                       // gguf
   std::vector<const GgufTensorInfo*> gguf_infos;      // gguf: per tensor
+  std::vector<std::string> warnings;
 };
 
 namespace {
@@ -278,6 +279,10 @@ Status open_hf(const std::string& path, const GgufModelInputOptions& o, GgufMode
   }
   if (c.max_positions <= 0)
     return invalid_argument(path + "/config.json: max_position_embeddings is missing; GGUF needs a context length");
+  if (c.sliding_window > 0 && c.sliding_window < c.max_positions)
+    m->warnings.push_back(path + ": sliding_window " + std::to_string(c.sliding_window) +
+                          " is not stored: llama.cpp's llama architecture attends to the whole context, so outputs "
+                          "differ from HF beyond " + std::to_string(c.sliding_window) + " tokens");
   QFORGE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ck, SafetensorsCheckpoint::open(path));
   // llama.cpp's llama architecture rotates adjacent pairs; HF llama/mistral weights are stored
   // for rotate_half, so their q/k rows are permuted. qwen2 runs NEOX-style RoPE: no permutation.
@@ -479,6 +484,7 @@ const std::vector<GgufKeyValue>& GgufModelInput::metadata() const { return impl_
 const std::optional<GgufVocab>& GgufModelInput::vocab() const { return impl_->vocab; }
 const std::vector<GgufInputTensor>& GgufModelInput::tensors() const { return impl_->tensors; }
 const GgufFile* GgufModelInput::gguf_file() const { return impl_->gguf ? &*impl_->gguf : nullptr; }
+const std::vector<std::string>& GgufModelInput::warnings() const { return impl_->warnings; }
 
 std::span<const uint8_t> GgufModelInput::raw_bytes(size_t index) const {
   if (!impl_->gguf || index >= impl_->gguf_infos.size()) return {};

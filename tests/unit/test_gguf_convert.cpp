@@ -630,6 +630,65 @@ TEST(GgufQuantize, OutputIsIdenticalForAnyThreadCountAndInterruptsLeaveNoFile) {
     EXPECT_EQ(e.path().filename().string().find("tiny_cancelled.gguf.tmp"), std::string::npos) << e.path();
 }
 
+// ---- HF architectures (hf-goldens): llama untied, mistral, qwen2 with biases -----------------------
+
+// Converts an hf-golden to F32 without a vocabulary and checks names, metadata and which rows were
+// permuted: llama and mistral q/k are, qwen2 (NEOX RoPE in llama.cpp) is not.
+TEST(GgufConvert, HfGoldenArchitecturesConvertWithTheirNamesKeysAndPermutation) {
+  QFORGE_REQUIRE_SHARED("models/hf-goldens");
+  struct Case {
+    const char* dir;
+    const char* arch;
+    bool permuted;
+    bool output;
+    bool biases;
+  };
+  for (const Case& c : {Case{"llama-gqa-untied", "llama", true, true, false}, Case{"llama-tied", "llama", true, false, false},
+                        Case{"mistral", "llama", true, true, false}, Case{"qwen2-bias", "qwen2", false, false, true}}) {
+    SCOPED_TRACE(c.dir);
+    const std::string model = shared_dir() + "/models/hf-goldens/" + c.dir;
+    Expected<GgufModelInput> missing = GgufModelInput::open(model);
+    ASSERT_FALSE(missing.has_value());  // no tokenizer.model: asks for --tokenizer or --no-vocab
+    EXPECT_NE(missing.status().message().find("--no-vocab"), std::string::npos) << missing.status().message();
+    GgufModelInputOptions io;
+    io.no_vocab = true;
+    Expected<GgufModelInput> in = GgufModelInput::open(model, io);
+    ASSERT_TRUE(in.has_value()) << in.status().message();
+    EXPECT_EQ(in->gguf_architecture(), c.arch);
+    EXPECT_EQ(in->tied_embeddings(), !c.output);
+    GgufQuantizeOptions o = options_for("F32");
+    Expected<GgufQuantizePlan> plan = plan_gguf_quantization(*in, o);
+    ASSERT_TRUE(plan.has_value()) << plan.status().message();
+    GgufFile f = write_and_open(*in, *plan, o, temp_dir() + "/" + c.dir + ".gguf");
+    const std::string a = std::string(c.arch) + ".";
+    EXPECT_EQ(*f.get_string("general.architecture"), c.arch);
+    EXPECT_EQ(*f.get_u32(a + "block_count"), 2u);
+    EXPECT_EQ(*f.get_u32(a + "embedding_length"), 64u);
+    EXPECT_EQ(*f.get_u32(a + "context_length"), 128u);
+    EXPECT_EQ(*f.get_string("tokenizer.ggml.model"), "none");
+    EXPECT_EQ(f.find_tensor("output.weight") != nullptr, c.output);
+    EXPECT_EQ(f.find_tensor("blk.1.attn_q.bias") != nullptr, c.biases);
+    EXPECT_EQ(f.find_tensor("blk.1.attn_k.bias") != nullptr, c.biases);
+    EXPECT_EQ(f.find_tensor("blk.1.attn_v.bias") != nullptr, c.biases);
+    Expected<SafetensorsCheckpoint> ck = SafetensorsCheckpoint::open(model);
+    ASSERT_TRUE(ck.has_value());
+    for (const char* hf_name : {"model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight"}) {
+      Expected<Tensor> hf = ck->tensor(hf_name)->to_f32();
+      const std::string g = std::string("blk.1.attn_") + (std::strstr(hf_name, "q_proj") ? "q" : "k") + ".weight";
+      Expected<Tensor> gt = f.tensor(g);
+      ASSERT_TRUE(gt.has_value()) << g;
+      const bool same = std::memcmp(gt->data(), hf->data(), hf->nbytes()) == 0;
+      EXPECT_EQ(same, !c.permuted) << g;
+    }
+    if (c.biases) {  // qwen2 biases are copied as they are
+      Expected<Tensor> hf = ck->tensor("model.layers.1.self_attn.q_proj.bias")->to_f32();
+      Expected<Tensor> gt = f.tensor("blk.1.attn_q.bias");
+      ASSERT_TRUE(gt.has_value());
+      EXPECT_EQ(std::memcmp(gt->data(), hf->data(), hf->nbytes()), 0);
+    }
+  }
+}
+
 // ---- CLI on the shared models ------------------------------------------------------------------
 
 // Whole-model quantization of ref-llama-18m/25m takes tens of seconds per preset in a Release

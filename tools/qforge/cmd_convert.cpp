@@ -148,6 +148,7 @@ int run_gguf_quantize(const GgufQuantizeRequest& r) {
   }
   Expected<GgufModelInput> input = GgufModelInput::open(r.input, r.input_options);
   if (!input) return report_error(input.status());
+  for (const std::string& w : input->warnings()) warn(w);
   Expected<GgufQuantizePlan> plan = plan_gguf_quantization(*input, o);
   if (!plan) return report_error(plan.status());
   print_gguf_preflight(*input, *plan, o, r.output, stdout);
