@@ -64,6 +64,9 @@ Expected<GgufVocab> read_sentencepiece_vocab(const std::string& path, int64_t vo
 // "</s>" (control), empty pieces control, "<0xHH>" byte tokens, spaces written as U+2581.
 // The file must hold exactly `vocab_size` tokens.
 Expected<GgufVocab> read_llama2c_vocab(const std::string& path, int64_t vocab_size);
+// The same from a buffer (fuzzing, tests); `label` stands for the path in messages.
+Expected<GgufVocab> parse_llama2c_vocab(const uint8_t* data, size_t size, const std::string& label,
+                                        int64_t vocab_size);
 
 // ---------------------------------------------------------------------------------------------
 // Q/K row permutation

@@ -13,6 +13,7 @@
 // Entry names are GGUF tensor names ("blk.0.attn_q.weight").
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -32,6 +33,9 @@ class Imatrix {
  public:
   // Reads a GGUF imatrix or a legacy .dat file; errors name the file and entry.
   static Expected<Imatrix> load(const std::string& path);
+  // The same from a buffer the caller keeps alive during the call (fuzzing, tests); `label`
+  // stands for the path in messages.
+  static Expected<Imatrix> parse(const uint8_t* data, size_t size, const std::string& label);
 
   const std::string& path() const { return path_; }
   const std::string& sha256() const { return sha256_; }  // of the file's bytes

@@ -296,9 +296,13 @@ Expected<GgufWriteResult> write_gguf_model(const GgufModelInput& input, const Gg
   const auto start = std::chrono::steady_clock::now();
   GgufWriter writer(output);
   for (const GgufKeyValue& kv : plan.metadata) QFORGE_RETURN_IF_ERROR(writer.set(kv.key, kv.value));
-  Progress progress(label, static_cast<int64_t>(plan.tensors.size()), "tensors", progress_options);
+  // Progress in thousands of weights: tensors differ in size by orders of magnitude.
+  auto kilo = [](const GgufTensorPlan& p) { return (p.numel() + 999) / 1000; };
+  int64_t total = 0;
+  for (const GgufTensorPlan& p : plan.tensors) total += kilo(p);
+  Progress progress(label, total, "k weights", progress_options);
   for (const GgufTensorPlan& p : plan.tensors) {
-    auto produce = [&input, &p, &o, &progress, &label](uint8_t* out, size_t nbytes) -> Status {
+    auto produce = [&input, &p, &o, &progress, &label, &kilo](uint8_t* out, size_t nbytes) -> Status {
       QFORGE_RETURN_IF_ERROR(check_interrupted(label));
       if (nbytes != p.nbytes) return Status::error(ErrorCode::internal, "tensor size differs from the plan");
       if (p.copy) {
@@ -323,7 +327,7 @@ Expected<GgufWriteResult> write_gguf_model(const GgufModelInput& input, const Gg
                                                         " planes do not match the GGUF tensor size");
         std::memcpy(out, q->codes.data(), nbytes);
       }
-      progress.tick();
+      progress.tick(kilo(p));
       return Status::ok();
     };
     QFORGE_RETURN_IF_ERROR(writer.add_tensor_lazy(p.name, p.type, p.shape, produce));

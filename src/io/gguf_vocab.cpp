@@ -76,10 +76,12 @@ Expected<GgufVocab> read_sentencepiece_vocab(const std::string& path, int64_t vo
 }
 
 Expected<GgufVocab> read_llama2c_vocab(const std::string& path, int64_t vocab_size) {
-  if (vocab_size <= 0) return invalid_argument(path + ": vocab size " + std::to_string(vocab_size) + " is not positive");
   QFORGE_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::open(path));
-  const uint8_t* p = file->data();
-  const size_t size = file->size();
+  return parse_llama2c_vocab(file->data(), file->size(), path, vocab_size);
+}
+
+Expected<GgufVocab> parse_llama2c_vocab(const uint8_t* p, size_t size, const std::string& path, int64_t vocab_size) {
+  if (vocab_size <= 0) return invalid_argument(path + ": vocab size " + std::to_string(vocab_size) + " is not positive");
   size_t at = 0;
   auto read_u32 = [&](const char* what, int64_t id) -> Expected<uint32_t> {
     if (size - at < 4)

@@ -25,9 +25,9 @@ Status check_values(const std::string& path, const std::string& name, const std:
   return Status::ok();
 }
 
-Status load_gguf(const std::string& path, std::map<std::string, ImatrixEntry>* entries,
+Status load_gguf(const uint8_t* data, size_t size, const std::string& path, std::map<std::string, ImatrixEntry>* entries,
                  std::vector<std::string>* datasets, int64_t* chunk_count, int64_t* chunk_size) {
-  QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(path));
+  QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::parse(data, size, path));
   if (const GgufValue* type = f.find("general.type")) {
     const std::string* s = type->get_if<std::string>();
     if (s == nullptr || *s != "imatrix")
@@ -89,11 +89,8 @@ Status load_gguf(const std::string& path, std::map<std::string, ImatrixEntry>* e
   return Status::ok();
 }
 
-Status load_legacy(const std::string& path, std::map<std::string, ImatrixEntry>* entries,
+Status load_legacy(const uint8_t* p, size_t size, const std::string& path, std::map<std::string, ImatrixEntry>* entries,
                    std::vector<std::string>* datasets, int64_t* chunk_count) {
-  QFORGE_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::open(path));
-  const uint8_t* p = file->data();
-  const size_t size = file->size();
   size_t at = 0;
   auto read_i32 = [&](const std::string& what) -> Expected<int32_t> {
     if (size - at < 4) return parse_error(path + ": truncated reading " + what + " (legacy imatrix)");
@@ -142,17 +139,21 @@ Status load_legacy(const std::string& path, std::map<std::string, ImatrixEntry>*
 }  // namespace
 
 Expected<Imatrix> Imatrix::load(const std::string& path) {
-  Imatrix m;
-  m.path_ = path;
-  QFORGE_ASSIGN_OR_RETURN(m.sha256_, sha256_file(path));
   QFORGE_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::open(path));
-  const bool is_gguf = file->size() >= 4 && std::memcmp(file->data(), "GGUF", 4) == 0;
-  file.reset();
-  if (is_gguf) {
-    QFORGE_RETURN_IF_ERROR(load_gguf(path, &m.entries_, &m.datasets_, &m.chunk_count_, &m.chunk_size_));
+  return parse(file->data(), file->size(), path);
+}
+
+Expected<Imatrix> Imatrix::parse(const uint8_t* data, size_t size, const std::string& label) {
+  Imatrix m;
+  m.path_ = label;
+  Sha256 sha;
+  sha.update(data, size);
+  m.sha256_ = sha.final_hex();
+  if (size >= 4 && std::memcmp(data, "GGUF", 4) == 0) {
+    QFORGE_RETURN_IF_ERROR(load_gguf(data, size, label, &m.entries_, &m.datasets_, &m.chunk_count_, &m.chunk_size_));
   } else {
     m.legacy_ = true;
-    QFORGE_RETURN_IF_ERROR(load_legacy(path, &m.entries_, &m.datasets_, &m.chunk_count_));
+    QFORGE_RETURN_IF_ERROR(load_legacy(data, size, label, &m.entries_, &m.datasets_, &m.chunk_count_));
   }
   return m;
 }

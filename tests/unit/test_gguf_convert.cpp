@@ -101,6 +101,13 @@ TEST(GgufConvert, EveryBlockFormatRoundTripsThroughAFileBitForBit) {
       ASSERT_TRUE(dequantize(c.q, c.dequantized.data()).is_ok());
       cases.push_back(std::move(c));
     }
+    // A row with a tail (not a whole number of blocks) has no block encoding: rejected, never
+    // padded. The GGUF planner's fallback handles such tensors (tests below).
+    if (block > 1) {
+      const int64_t cols = block * k_d(rng) + block / 2;
+      const std::vector<float> w = weights(2, cols, seed++);
+      EXPECT_FALSE(quantize(scheme_of(f), w.data(), 2, cols).has_value()) << f.name << " with " << cols << " columns";
+    }
   }
   GgufWriter writer(path);
   ASSERT_TRUE(writer.set_string("general.architecture", "test").is_ok());
@@ -593,6 +600,28 @@ TEST(GgufQuantize, LegacyImatrixIsReadAndAveragedByCallCount) {
   const ImatrixEntry* e = im->find("blk.0.attn_q.weight");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->importance, (std::vector<float>{1.0f, 2.0f, 0.0f}));
+}
+
+// The fuzz seeds (fuzz/corpus/imatrix) are valid inputs of the readers they exercise.
+TEST(GgufQuantize, FuzzSeedsParse) {
+  const fs::path dir = fs::path(__FILE__).parent_path() / ".." / ".." / "fuzz" / "corpus" / "imatrix";
+  if (!fs::exists(dir)) GTEST_SKIP() << dir << " not found";
+  Expected<Imatrix> g = Imatrix::load((dir / "imatrix.gguf").string());
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  EXPECT_FALSE(g->legacy());
+  EXPECT_EQ(g->chunk_count(), 2);
+  const ImatrixEntry* e = g->find("blk.0.attn_q.weight");
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->importance, (std::vector<float>{0.5f, 1.0f, 1.5f, 2.0f}));  // in_sum2 / counts
+  Expected<Imatrix> l = Imatrix::load((dir / "legacy.dat").string());
+  ASSERT_TRUE(l.has_value()) << l.status().message();
+  Expected<GgufVocab> v = read_llama2c_vocab((dir / "tok4.bin").string(), 4);
+  ASSERT_TRUE(v.has_value()) << v.status().message();
+  EXPECT_EQ(v->tokens, (std::vector<std::string>{"<unk>", "<s>", "</s>", "\xe2\x96\x81" "a"}));
+  EXPECT_EQ(v->token_types, (std::vector<int32_t>{2, 3, 3, 1}));
+  EXPECT_EQ(v->scores[3], -1.5f);
+  EXPECT_FALSE(read_llama2c_vocab((dir / "tok4.bin").string(), 5).has_value());  // too few tokens
+  EXPECT_FALSE(read_llama2c_vocab((dir / "tok4.bin").string(), 3).has_value());  // trailing bytes
 }
 
 TEST(GgufQuantize, OutputIsIdenticalForAnyThreadCountAndInterruptsLeaveNoFile) {
