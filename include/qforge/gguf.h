@@ -3,7 +3,7 @@
 // table (qforge/format.h); this header only knows each ggml type's block length and block size,
 // which is what the container needs to validate tensor byte sizes.
 //
-// File layout (all little-endian; docs/_fragments/gguf.md has the field-by-field version):
+// File layout (all little-endian; docs/formats.md, "GGUF container" has the field-by-field version):
 //   u32 magic "GGUF" | u32 version (3; 2 accepted) | u64 tensor_count | u64 metadata_kv_count
 //   metadata_kv_count x { string key | u32 value_type | value }
 //   tensor_count x { string name | u32 n_dims | u64 ne[n_dims] | u32 ggml_type | u64 offset }

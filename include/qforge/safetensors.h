@@ -1,7 +1,7 @@
 // safetensors I/O: zero-copy mmapped reading with strict validation of untrusted files, HF sharded
 // checkpoints (model.safetensors.index.json), and a streaming, atomic writer.
 //
-// File layout (docs/_fragments/safetensors.md has the full rules):
+// File layout (docs/formats.md, "safetensors" has the full rules):
 //   [0, 8)        u64 little-endian N: header length in bytes (1 <= N <= 100,000,000)
 //   [8, 8+N)      UTF-8 JSON object starting with '{', optionally padded with trailing spaces:
 //                 {"__metadata__": {"k": "v", ...},                       (optional, strings only)

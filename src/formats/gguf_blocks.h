@@ -3,7 +3,7 @@
 // Every struct is a plain little-endian record with no padding: its size is pinned by a
 // static_assert and its field offsets by offsetof checks, so a block can be memcpy'd to and from
 // the `codes` plane of a QuantizedTensor. f16 fields (d, dmin, m) hold IEEE binary16 bits.
-// docs/_fragments/gguf-blocks.md describes each field and how the values are reconstructed.
+// docs/formats.md, "GGUF block formats" describes each field and how the values are reconstructed.
 #pragma once
 
 #include <cstddef>

@@ -2,7 +2,7 @@
 // (format_table.cpp). Each quantizer fills QuantizedTensor::codes with the concatenated ggml
 // blocks, row by row (scales / zeros / extra stay empty); each dequantizer reproduces ggml's
 // dequantize_row_* bit for bit. error_bound: the largest |x - dequant(quant(x))| as a fraction of
-// the block's absmax (see docs/_fragments/gguf-blocks.md). Layouts: gguf_blocks.h; search:
+// the block's absmax (see docs/formats.md, "GGUF block formats"). Layouts: gguf_blocks.h; search:
 // gguf_search.h.
 #pragma once
 

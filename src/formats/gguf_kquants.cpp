@@ -33,7 +33,7 @@ constexpr double kF16U = 1.0 / 2048.0;  // relative rounding error of an f16 (no
 constexpr double kBoundSlack = 1.25;    // as in gguf_legacy.cpp
 
 // Worst case of the plain encodings as a fraction of the super-block absmax A (derivation in
-// docs/_fragments/gguf-blocks.md). With S = the largest sub-block scale and d = S / smax:
+// docs/formats.md, "GGUF block formats"). With S = the largest sub-block scale and d = S / smax:
 //  Q4_K / Q5_K / Q2_K: a sub-block scale s <= 2A / nmax is off by at most d / 2 after rounding
 //    to an integer multiple of d, so the half step is <= (s + d / 2) / 2; the min and the top of
 //    the range move by at most dmin / 2 + nmax d / 2, less than that.

@@ -9,7 +9,7 @@
 //     (FormatTraits::error_bound times the block absmax); the plain absmax / min-max encoding is
 //     always a candidate and provably within that bound, so the search is never worse than it,
 //   - breaks ties by candidate order, so the result is deterministic.
-// See docs/_fragments/gguf-blocks.md.
+// See docs/formats.md, "GGUF block formats".
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // safetensors reading (strict validation of untrusted files), HF sharded checkpoints, and the
 // streaming atomic writer. The layout and the validation rules are in include/qforge/safetensors.h
-// and docs/_fragments/safetensors.md.
+// and docs/formats.md, "safetensors".
 #include "qforge/safetensors.h"
 
 #include <algorithm>

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "qforge/format.h"
+#include "qforge/gguf.h"
 #include "qforge/packed.h"
 #include "qforge/safetensors.h"
 #include "test_support.h"
@@ -274,7 +275,7 @@ TEST(Cli, AnalyzeReportsSkipsAndWritesJson) {
   const std::string dir = test::temp_dir();
   const std::string model = write_tiny_llama(dir + "/m");
   const std::string json_path = dir + "/a.json";
-  CliRun r = qforge_cli("analyze " + model + " --scheme int8-ch-sym --scheme int4-g256-asym --json " + json_path);
+  CliRun r = qforge_cli("analyze " + model + " --scheme int8-ch-sym,int4-g256-asym --json " + json_path);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "skipped")) << r.out;  // 128 columns are not a multiple of 256
   json j = json::parse(read_bytes(json_path));
@@ -299,6 +300,9 @@ TEST(Cli, InspectPackedFile) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "qforge-packed")) << r.out;
   EXPECT_TRUE(contains(r.out, "nf4")) << r.out;
+  CliRun again = qforge_cli("analyze " + out + " --scheme nf4");
+  EXPECT_EQ(again.code, 1);
+  EXPECT_TRUE(contains(again.out, "is a qforge packed file")) << again.out;
   CliRun j = qforge_cli("inspect --json " + out);
   ASSERT_EQ(j.code, 0) << j.out;
   json report = json::parse(j.out);
@@ -314,6 +318,36 @@ TEST(Cli, InspectPackedFile) {
   CliRun dir_report = qforge_cli("inspect " + model);
   ASSERT_EQ(dir_report.code, 0);
   EXPECT_TRUE(contains(dir_report.out, "num_key_value_heads")) << dir_report.out;
+}
+
+TEST(Cli, InspectGguf) {
+  const std::string path = test::temp_dir() + "/m.gguf";
+  GgufWriter w(path);
+  ASSERT_TRUE(w.set_string("general.architecture", "llama").is_ok());
+  ASSERT_TRUE(w.set_u32("llama.block_count", 1).is_ok());
+  std::vector<float> f32(2 * 64, 0.5f);
+  ASSERT_TRUE(w.add_tensor("output_norm.weight", GgmlType::F32, {2, 64}, f32.data(), f32.size() * 4).is_ok());
+  std::vector<uint8_t> q8(2 * 2 * 34, 0);  // two rows of two Q8_0 blocks (32 weights in 34 bytes)
+  ASSERT_TRUE(w.add_tensor("blk.0.attn_q.weight", GgmlType::Q8_0, {2, 64}, q8.data(), q8.size()).is_ok());
+  ASSERT_TRUE(w.finish().is_ok());
+  CliRun r = qforge_cli("inspect " + path);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"gguf v3", "blk.0.attn_q.weight", "Q8_0", "8.500", "F32", "[2, 64]", "llama.block_count"})
+    EXPECT_TRUE(contains(r.out, s)) << "missing '" << s << "':\n" << r.out;
+  CliRun j = qforge_cli("inspect --json " + path);
+  ASSERT_EQ(j.code, 0) << j.out;
+  json report = json::parse(j.out);
+  EXPECT_EQ(report["totals"]["tensors"], 2);
+  EXPECT_EQ(report["totals"]["parameters"], 256);
+  EXPECT_EQ(report["metadata"]["general.architecture"], "\"llama\"");
+}
+
+TEST(Cli, InspectVocabOnlyGguf) {
+  QFORGE_REQUIRE_SHARED("tokenizers/llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
+  CliRun r = qforge_cli("inspect " + test::shared_dir() + "/tokenizers/llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "tokenizer.ggml.tokens")) << r.out;
+  EXPECT_TRUE(contains(r.out, "total: 0 tensors")) << r.out;
 }
 
 TEST(Cli, AnalyzeRefLlama) {

@@ -834,7 +834,7 @@ TEST(GgufCli, ConvertAndQuantizeRefLlama18mQ4KM) {
   const std::set<std::string> names = llama_tensor_names(12, /*tied=*/true);
   for (const auto& [path, ftype] : {std::pair{f16, 1u}, std::pair{q4, 15u}}) {
     const json r = inspect_json(path);
-    expect_llama_metadata(r["metadata"], 12, 1024, 256, 768, 4, 2, 32000, ftype);
+    expect_llama_metadata(r["gguf_metadata"], 12, 1024, 256, 768, 4, 2, 32000, ftype);
     const auto types = tensor_types(r);
     std::set<std::string> got;
     for (const auto& [n, t] : types) got.insert(n);
@@ -950,7 +950,7 @@ TEST(GgufCli, Stories260kConvertsWithItsTokenizerAndQuantizesWithAllowedFallback
       << out;
   for (const auto& [path, ftype] : {std::pair{f16, 1u}, std::pair{q4, 15u}}) {
     const json r = inspect_json(path);
-    const json& md = r["metadata"];
+    const json& md = r["gguf_metadata"];
     expect_llama_metadata(md, 5, 512, 64, 172, 8, 4, 512, ftype);
     EXPECT_EQ(md["tokenizer.ggml.tokens"]["first"][1].get<std::string>(), "<s>");
     std::set<std::string> got;
@@ -962,7 +962,7 @@ TEST(GgufCli, Stories260kConvertsWithItsTokenizerAndQuantizesWithAllowedFallback
   EXPECT_EQ(types.at("blk.0.attn_q.weight"), "Q5_0");      // Q4_K -> Q5_0 (64 columns)
   EXPECT_EQ(types.at("blk.0.ffn_down.weight"), "F16");     // 172 columns: not even Q5_0's 32
   EXPECT_EQ(types.at("token_embd.weight"), "Q8_0");        // output-head rule for 64 columns
-  EXPECT_EQ(r["metadata"]["qforge.fallbacks"].size(), 7u * 5);
+  EXPECT_EQ(r["gguf_metadata"]["qforge.fallbacks"].size(), 7u * 5);
 
   // llama2.c weights are stored as they are (no permutation): the F32 file holds them exactly.
   ASSERT_EQ(run_command(quote(cli_path()) + " convert " + quote(dir + "/stories260K.bin") + " --tokenizer " +
@@ -1003,7 +1003,7 @@ TEST(GgufCli, RefLlama25mQ4KMStopsAtThePreflightUnlessFallbacksAreAllowed) {
   EXPECT_NE(out.find("fallbacks: "), std::string::npos);
   EXPECT_NE(out.find("allowed by --allow-fallback"), std::string::npos) << out;
   const json r = inspect_json(q4);
-  const json& fb = r["metadata"]["qforge.fallbacks"];
+  const json& fb = r["gguf_metadata"]["qforge.fallbacks"];
   // Every 2-D weight of the 8 layers has 384 input columns except ffn_down (1024, fits Q4_K);
   // ffn_down of use_more_bits layers wants Q6_K, which fits too.
   EXPECT_EQ(fb.size(), 6u * 8) << fb.dump();

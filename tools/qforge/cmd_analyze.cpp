@@ -9,6 +9,7 @@
 #include "cli_common.h"
 #include "commands.h"
 #include "qforge/atomic_file.h"
+#include "qforge/packed.h"
 #include "qforge/parallel.h"
 
 namespace qforge::cli {
@@ -264,8 +265,9 @@ void add_analyze_command(CLI::App& app, int* exit_code) {
       "analyze", "Quantize weights in memory with each scheme and report the reconstruction error per tensor");
   cmd->add_option("path", opt->path, "A .safetensors file or an HF model directory")->required();
   cmd->add_option("-s,--scheme", opt->schemes,
-                  "Quantization scheme, e.g. int8-ch-sym, int4-g128-asym, nf4, mxfp4 (repeatable)")
-      ->required();
+                  "Quantization scheme, e.g. int8-ch-sym, int4-g128-asym, nf4, mxfp4 (repeatable, or comma-separated)")
+      ->required()
+      ->delimiter(',');
   cmd->add_option("--filter", opt->filter,
                   "Regex (ECMAScript, matched anywhere in the name) selecting the tensors to analyze instead of "
                   "the default linear-layer weights");
@@ -294,6 +296,9 @@ void add_analyze_command(CLI::App& app, int* exit_code) {
 
     Expected<SafetensorsCheckpoint> ckpt = SafetensorsCheckpoint::open(opt->path);
     if (!ckpt) return fail(ckpt.status());
+    if (ckpt->metadata().count(kPackedMetadataKey))
+      return fail(invalid_argument(opt->path + " is a qforge packed file; analyze measures unquantized checkpoints "
+                                               "(run 'qforge dequantize' to get one back)"));
     Expected<std::vector<SelectedTensor>> names = select_tensors(*ckpt, sel);
     if (!names) return fail(names.status());
     if (names->empty())

@@ -1,7 +1,7 @@
 // qforge inspect PATH: what a checkpoint holds (tensors, totals, metadata, model config).
 //
 // Every input kind is read into one InspectReport, which is then printed as a table or JSON, so a
-// new container (GGUF) only needs its own reader function and a line in read_report().
+// new container only needs its own reader function and a line in read_report().
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -36,13 +36,11 @@ struct InspectReport {
   std::vector<std::string> files;
   uint64_t file_bytes = 0;
   std::vector<InspectTensor> tensors;
-  std::map<std::string, std::string> metadata;
+  std::vector<std::pair<std::string, std::string>> metadata;  // in the container's order
   json manifest;  // qforge-packed: format_version, qforge_version, command
   json config;    // model config summary (HF directory)
-  // GGUF: metadata in file order (text: arrays summarised), the same as JSON, and the header.
-  std::vector<std::pair<std::string, std::string>> ordered_metadata;
-  json gguf_metadata;
-  json gguf_header;
+  json gguf;           // GGUF: version, alignment, data offset
+  json gguf_metadata;  // GGUF: metadata with typed values (arrays of more than 64 items summarised)
 };
 
 double tensor_bits_per_weight(const SafetensorsTensorInfo& t) { return 8.0 * dtype_size(t.dtype); }
@@ -98,14 +96,15 @@ Expected<InspectReport> read_safetensors_report(const std::string& path, bool ra
     }
     for (const auto& name : ckpt.tensor_names())
       if (const auto* t = ckpt.find(name)) r.tensors.push_back(plain_entry(*t));
-    r.metadata = ckpt.metadata();
+    r.metadata.assign(ckpt.metadata().begin(), ckpt.metadata().end());
     QFORGE_RETURN_IF_ERROR(read_config(path, &r));
     return r;
   }
   QFORGE_ASSIGN_OR_RETURN(PackedFile pf, PackedFile::open(path));
   r.files.push_back(std::filesystem::path(path).filename().string());
   r.file_bytes = pf.safetensors().file_size();
-  r.metadata = pf.user_metadata();
+  const auto user = pf.user_metadata();
+  r.metadata.assign(user.begin(), user.end());
   if (pf.has_manifest() && !raw) {
     r.kind = "qforge-packed";
     r.manifest = {{"format_version", kPackedFormatVersion},
@@ -127,11 +126,24 @@ Expected<InspectReport> read_safetensors_report(const std::string& path, bool ra
       if (const auto* t = pf.safetensors().find(name)) r.tensors.push_back(plain_entry(*t));
   } else {
     r.kind = pf.has_manifest() ? "qforge-packed (raw)" : "safetensors";
-    if (pf.has_manifest()) r.metadata = pf.safetensors().metadata();
+    if (pf.has_manifest()) r.metadata.assign(pf.safetensors().metadata().begin(), pf.safetensors().metadata().end());
     for (const auto& t : pf.safetensors().tensors()) r.tensors.push_back(plain_entry(t));
   }
   QFORGE_RETURN_IF_ERROR(read_config(std::filesystem::path(path).parent_path(), &r));
   return r;
+}
+
+// Reads the first bytes to tell containers apart.
+Expected<std::string> sniff(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return std::string("directory");
+  if (!std::filesystem::exists(path, ec)) return io_error(path + ": no such file or directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return io_error(path + ": cannot open: " + std::strerror(errno));
+  char magic[4] = {};
+  in.read(magic, 4);
+  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) return std::string("gguf");
+  return std::string("safetensors");
 }
 
 // A GGUF value as JSON; arrays longer than 64 elements are summarised (type, count, first items).
@@ -180,42 +192,27 @@ Expected<InspectReport> read_gguf_report(const std::string& path) {
   QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(path));
   InspectReport r;
   r.path = path;
-  r.kind = "gguf";
+  r.kind = "gguf v" + std::to_string(f.version());
   r.files.push_back(std::filesystem::path(path).filename().string());
   r.file_bytes = f.file_size();
-  r.gguf_header = {{"version", f.version()}, {"alignment", f.alignment()}, {"data_offset", f.data_offset()},
-                   {"tensor_count", f.tensors().size()}, {"metadata_count", f.metadata().size()}};
-  r.gguf_metadata = json::object();
-  for (const GgufKeyValue& kv : f.metadata()) {
-    r.ordered_metadata.emplace_back(kv.key, kv.value.describe());
-    r.gguf_metadata[kv.key] = gguf_value_json(kv.value);
-  }
-  for (const GgufTensorInfo& t : f.tensors()) {
-    const GgmlTypeInfo& info = ggml_type_info(t.type);
+  for (const auto& t : f.tensors()) {
     InspectTensor e;
     e.name = t.name;
-    e.dtype = info.name;
+    e.dtype = ggml_type_name(t.type);
     e.shape = t.shape;
     e.nbytes = t.nbytes;
     e.parameters = t.numel();
-    e.bits_per_weight = 8.0 * info.type_size / static_cast<double>(info.block_size);
-    if (info.quantized) e.scheme = info.name;
+    e.bits_per_weight = e.parameters > 0 ? 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(e.parameters) : 0;
+    if (ggml_type_info(t.type).quantized) e.scheme = e.dtype;  // counted as quantized in the totals
     r.tensors.push_back(std::move(e));
   }
+  r.gguf = {{"version", f.version()}, {"alignment", f.alignment()}, {"data_offset", f.data_offset()}};
+  r.gguf_metadata = json::object();
+  for (const auto& kv : f.metadata()) {
+    r.metadata.emplace_back(kv.key, kv.value.describe());
+    r.gguf_metadata[kv.key] = gguf_value_json(kv.value);
+  }
   return r;
-}
-
-// Reads the first bytes to tell containers apart.
-Expected<std::string> sniff(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return std::string("directory");
-  if (!std::filesystem::exists(path, ec)) return io_error(path + ": no such file or directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return io_error(path + ": cannot open: " + std::strerror(errno));
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0) return std::string("gguf");
-  return std::string("safetensors");
 }
 
 Expected<InspectReport> read_report(const std::string& path, bool raw) {
@@ -232,26 +229,14 @@ void print_report(const InspectReport& r, std::FILE* out) {
   std::fprintf(out, ", %s)\n\n", format_bytes(r.file_bytes).c_str());
 
   const bool packed = r.kind == "qforge-packed";
-  const bool gguf = r.kind == "gguf";
-  if (gguf) {
-    std::fprintf(out, "GGUF v%d, alignment %d, data at byte %llu, %zu metadata keys\n\nmetadata:\n",
-                 r.gguf_header.value("version", 0), r.gguf_header.value("alignment", 0),
-                 static_cast<unsigned long long>(r.gguf_header.value("data_offset", uint64_t{0})),
-                 r.ordered_metadata.size());
-    for (const auto& [k, v] : r.ordered_metadata) std::fprintf(out, "  %s = %s\n", k.c_str(), shorten(v, 200).c_str());
-    std::fprintf(out, "\n");
-  }
+  const bool gguf = r.kind.rfind("gguf", 0) == 0;
   Table t;
   t.add_column("tensor", Table::Align::left);
   t.add_column(gguf ? "type" : "dtype", Table::Align::left);
   t.add_column("shape", Table::Align::left);
   t.add_column("bytes");
-  if (packed) {
-    t.add_column("scheme", Table::Align::left);
-    t.add_column("bits/w");
-  } else if (gguf) {
-    t.add_column("bits/w");
-  }
+  if (packed) t.add_column("scheme", Table::Align::left);
+  if (packed || gguf) t.add_column("bits/w");
   std::vector<const InspectTensor*> sorted;
   for (const auto& e : r.tensors) sorted.push_back(&e);
   std::sort(sorted.begin(), sorted.end(),
@@ -261,12 +246,8 @@ void print_report(const InspectReport& r, std::FILE* out) {
   std::map<std::string, int64_t> by_dtype;
   for (const auto* e : sorted) {
     std::vector<std::string> row = {e->name, e->dtype, shape_to_string(e->shape), std::to_string(e->nbytes)};
-    if (packed) {
-      row.push_back(e->scheme);
-      row.push_back(format_fixed(e->bits_per_weight, 3));
-    } else if (gguf) {
-      row.push_back(format_fixed(e->bits_per_weight, 4));
-    }
+    if (packed) row.push_back(e->scheme);
+    if (packed || gguf) row.push_back(format_fixed(e->bits_per_weight, 3));
     t.add_row(std::move(row));
     params += e->parameters;
     bytes += e->nbytes;
@@ -284,9 +265,11 @@ void print_report(const InspectReport& r, std::FILE* out) {
   for (const auto& [d, n] : by_dtype) dtypes += (dtypes.empty() ? "" : ", ") + d + " " + format_count(static_cast<uint64_t>(n));
   std::fprintf(out, "parameters by %s: %s\n", gguf ? "type" : "dtype", dtypes.c_str());
   if (gguf && params > 0)
-    std::fprintf(out, "%.4f bits/parameter over all tensor data; %s in quantized types\n",
-                 8.0 * static_cast<double>(bytes) / static_cast<double>(params),
-                 format_count(static_cast<uint64_t>(q_params)).c_str());
+    std::fprintf(out, "%s parameters in block types; %.4f bits/parameter over all tensor data; alignment %d, data at "
+                 "byte %llu\n",
+                 format_count(static_cast<uint64_t>(q_params)).c_str(),
+                 8.0 * static_cast<double>(bytes) / static_cast<double>(params), r.gguf.value("alignment", 0),
+                 static_cast<unsigned long long>(r.gguf.value("data_offset", uint64_t{0})));
   if (packed && q_params > 0) {
     std::fprintf(out, "quantized: %s parameters in %s, %.3f bits/weight; whole file %.3f bits/parameter\n",
                  format_count(static_cast<uint64_t>(q_params)).c_str(), format_bytes(q_bytes).c_str(),
@@ -316,9 +299,7 @@ json report_json(const InspectReport& r) {
   uint64_t bytes = 0;
   for (const auto& e : r.tensors) {
     json t = {{"name", e.name}, {"dtype", e.dtype}, {"shape", e.shape}, {"bytes", e.nbytes}};
-    if (r.kind == "gguf") {
-      t["bits_per_weight"] = e.bits_per_weight;
-    } else if (!e.scheme.empty()) {
+    if (!e.scheme.empty()) {
       t["scheme"] = e.scheme;
       t["bits_per_weight"] = e.bits_per_weight;
     }
@@ -328,11 +309,13 @@ json report_json(const InspectReport& r) {
   }
   j["tensors"] = std::move(tensors);
   j["totals"] = {{"tensors", r.tensors.size()}, {"parameters", params}, {"bytes", bytes}};
-  j["metadata"] = r.metadata;
+  json metadata = json::object();
+  for (const auto& [k, v] : r.metadata) metadata[k] = v;
+  j["metadata"] = std::move(metadata);
   if (!r.manifest.empty()) j["manifest"] = r.manifest;
-  if (r.kind == "gguf") {
-    j["metadata"] = r.gguf_metadata;
-    j["gguf"] = r.gguf_header;
+  if (!r.gguf.empty()) {
+    j["gguf"] = r.gguf;
+    j["gguf_metadata"] = r.gguf_metadata;
   }
   if (!r.config.empty()) j["config"] = r.config;
   return j;
@@ -348,8 +331,7 @@ void add_inspect_command(CLI::App& app, int* exit_code) {
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("inspect", "List a checkpoint's tensors, totals, metadata and model config");
-  cmd->add_option("path", opt->path,
-                  "A .safetensors file (plain or qforge packed), an HF model directory or a GGUF file")
+  cmd->add_option("path", opt->path, "A .safetensors file (plain or qforge packed), an HF model directory or a .gguf file")
       ->required();
   cmd->add_flag("--json", opt->json, "Print the report as JSON on stdout");
   cmd->add_flag("--raw", opt->raw, "For qforge packed files: list the stored planes instead of the quantized tensors");
