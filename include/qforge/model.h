@@ -109,6 +109,14 @@ class TensorSource {
   virtual std::string label() const = 0;  // named in errors (the path)
 };
 
+// A llama2.c v0 checkpoint read without building a model: its config (architecture llama2c,
+// interleaved RoPE) and its f32 tensors under the llama HF names, viewing the file's mapping.
+struct Llama2cCheckpoint {
+  ModelConfig config;
+  std::shared_ptr<const TensorSource> tensors;
+};
+Expected<Llama2cCheckpoint> read_llama2c(const std::string& path);
+
 // Where a linear layer sits: (layer, role); the output head is (-1, TensorRole::output) and the
 // bert pooler (-1, TensorRole::pooler).
 struct LinearSite {

@@ -43,7 +43,7 @@ class MemorySource final : public TensorSource {
 
 }  // namespace
 
-Expected<Model> Model::load_llama2c(const std::string& path) {
+Expected<Llama2cCheckpoint> read_llama2c(const std::string& path) {
   QFORGE_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::open(path));
   constexpr size_t kHeader = 7 * sizeof(int32_t);
   if (file->size() < kHeader)
@@ -86,7 +86,6 @@ Expected<Model> Model::load_llama2c(const std::string& path) {
   const int64_t KV = c.kv_dim(), S = c.max_positions, hs = c.head_dim;
   const uint8_t* base = file->data();
   uint64_t offset = kHeader;
-  MemorySource src(path);
   auto next = [&](std::initializer_list<int64_t> dims) -> Expected<const float*> {
     uint64_t bytes = sizeof(float);
     bool overflow = false;
@@ -103,6 +102,8 @@ Expected<Model> Model::load_llama2c(const std::string& path) {
   auto view = [&](const float* p, Shape shape) {
     return Tensor::view(DType::f32, std::move(shape), const_cast<float*>(p), owner);
   };
+  auto src_ptr = std::make_shared<MemorySource>(path);
+  MemorySource& src = *src_ptr;
   auto per_layer = [&](TensorRole role, int64_t rows, int64_t cols) -> Status {
     QFORGE_ASSIGN_OR_RETURN(const float* p, next({L, rows, cols}));
     for (int64_t l = 0; l < L; ++l) {
@@ -137,7 +138,12 @@ Expected<Model> Model::load_llama2c(const std::string& path) {
     return parse_error(path + ": " + std::to_string(file->size() - offset) +
                        " trailing bytes after the llama2.c weights (header says dim " + std::to_string(D) +
                        ", layers " + std::to_string(L) + ", vocab " + std::to_string(h[5]) + ")");
-  return from_tensors(c, src, TensorNaming::hf);
+  return Llama2cCheckpoint{c, std::move(src_ptr)};
+}
+
+Expected<Model> Model::load_llama2c(const std::string& path) {
+  QFORGE_ASSIGN_OR_RETURN(Llama2cCheckpoint ck, read_llama2c(path));
+  return from_tensors(ck.config, *ck.tensors, TensorNaming::hf);
 }
 
 }  // namespace qforge

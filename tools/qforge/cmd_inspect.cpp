@@ -39,6 +39,8 @@ struct InspectReport {
   std::vector<std::pair<std::string, std::string>> metadata;  // in the container's order
   json manifest;  // qforge-packed: format_version, qforge_version, command
   json config;    // model config summary (HF directory)
+  json gguf;           // GGUF: version, alignment, data offset
+  json gguf_metadata;  // GGUF: metadata with typed values (arrays of more than 64 items summarised)
 };
 
 double tensor_bits_per_weight(const SafetensorsTensorInfo& t) { return 8.0 * dtype_size(t.dtype); }
@@ -144,6 +146,48 @@ Expected<std::string> sniff(const std::string& path) {
   return std::string("safetensors");
 }
 
+// A GGUF value as JSON; arrays longer than 64 elements are summarised (type, count, first items).
+json gguf_value_json(const GgufValue& v) {
+  auto scalar = [](const GgufValue& x) -> json {
+    if (auto p = x.get_if<std::string>()) return *p;
+    if (auto p = x.get_if<bool>()) return *p;
+    if (auto p = x.get_if<float>()) return *p;
+    if (auto p = x.get_if<double>()) return *p;
+    if (auto i = x.to_int(); i.has_value()) return *i;
+    if (auto u = x.to_uint(); u.has_value()) return *u;
+    return x.describe();
+  };
+  if (!v.is_array()) return scalar(v);
+  constexpr size_t kFull = 64, kHead = 8;
+  json items = json::array();
+  auto add_items = [&](const auto& vec) {
+    for (size_t i = 0; i < vec.size() && (vec.size() <= kFull || i < kHead); ++i) {
+      using E = std::decay_t<decltype(vec[0])>;
+      if constexpr (std::is_same_v<E, GgufValue>)
+        items.push_back(gguf_value_json(vec[i]));
+      else if constexpr (std::is_same_v<E, bool>)
+        items.push_back(static_cast<bool>(vec[i]));
+      else
+        items.push_back(vec[i]);
+    }
+  };
+  if (auto a = v.array_if<std::string>()) add_items(*a);
+  else if (auto a = v.array_if<float>()) add_items(*a);
+  else if (auto a = v.array_if<double>()) add_items(*a);
+  else if (auto a = v.array_if<int32_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint32_t>()) add_items(*a);
+  else if (auto a = v.array_if<int64_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint64_t>()) add_items(*a);
+  else if (auto a = v.array_if<int16_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint16_t>()) add_items(*a);
+  else if (auto a = v.array_if<int8_t>()) add_items(*a);
+  else if (auto a = v.array_if<uint8_t>()) add_items(*a);
+  else if (auto a = v.array_if<bool>()) add_items(*a);
+  else if (auto a = v.array_if<GgufValue>()) add_items(*a);
+  if (v.size() <= kFull) return items;
+  return json{{"type", v.type_description()}, {"count", v.size()}, {"first", items}};
+}
+
 Expected<InspectReport> read_gguf_report(const std::string& path) {
   QFORGE_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(path));
   InspectReport r;
@@ -159,9 +203,15 @@ Expected<InspectReport> read_gguf_report(const std::string& path) {
     e.nbytes = t.nbytes;
     e.parameters = t.numel();
     e.bits_per_weight = e.parameters > 0 ? 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(e.parameters) : 0;
+    if (ggml_type_info(t.type).quantized) e.scheme = e.dtype;  // counted as quantized in the totals
     r.tensors.push_back(std::move(e));
   }
-  for (const auto& kv : f.metadata()) r.metadata.emplace_back(kv.key, kv.value.describe());
+  r.gguf = {{"version", f.version()}, {"alignment", f.alignment()}, {"data_offset", f.data_offset()}};
+  r.gguf_metadata = json::object();
+  for (const auto& kv : f.metadata()) {
+    r.metadata.emplace_back(kv.key, kv.value.describe());
+    r.gguf_metadata[kv.key] = gguf_value_json(kv.value);
+  }
   return r;
 }
 
@@ -214,6 +264,12 @@ void print_report(const InspectReport& r, std::FILE* out) {
   std::string dtypes;
   for (const auto& [d, n] : by_dtype) dtypes += (dtypes.empty() ? "" : ", ") + d + " " + format_count(static_cast<uint64_t>(n));
   std::fprintf(out, "parameters by %s: %s\n", gguf ? "type" : "dtype", dtypes.c_str());
+  if (gguf && params > 0)
+    std::fprintf(out, "%s parameters in block types; %.4f bits/parameter over all tensor data; alignment %d, data at "
+                 "byte %llu\n",
+                 format_count(static_cast<uint64_t>(q_params)).c_str(),
+                 8.0 * static_cast<double>(bytes) / static_cast<double>(params), r.gguf.value("alignment", 0),
+                 static_cast<unsigned long long>(r.gguf.value("data_offset", uint64_t{0})));
   if (packed && q_params > 0) {
     std::fprintf(out, "quantized: %s parameters in %s, %.3f bits/weight; whole file %.3f bits/parameter\n",
                  format_count(static_cast<uint64_t>(q_params)).c_str(), format_bytes(q_bytes).c_str(),
@@ -257,6 +313,10 @@ json report_json(const InspectReport& r) {
   for (const auto& [k, v] : r.metadata) metadata[k] = v;
   j["metadata"] = std::move(metadata);
   if (!r.manifest.empty()) j["manifest"] = r.manifest;
+  if (!r.gguf.empty()) {
+    j["gguf"] = r.gguf;
+    j["gguf_metadata"] = r.gguf_metadata;
+  }
   if (!r.config.empty()) j["config"] = r.config;
   return j;
 }

@@ -166,29 +166,80 @@ void print_quantize_summary(const QuantizeRequest& req, const QuantizeSummary& s
 void add_quantize_command(CLI::App& app, int* exit_code) {
   struct Options {
     std::string input;
+    std::string format = "packed";
     std::string scheme;
     std::string output;
     std::string filter;
     std::string keep;
     int threads = 0;
     bool verbose = false;
+    GgufQuantizeRequest gguf;  // --format gguf
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "quantize", "Round-to-nearest weight-only quantization into qforge's packed safetensors layout");
-  cmd->add_option("path", opt->input, "A .safetensors file or an HF model directory")->required();
-  cmd->add_option("-s,--scheme", opt->scheme, "Quantization scheme, e.g. int4-g128-asym, int8-ch-sym, nf4")
+      "quantize",
+      "Weight-only quantization into qforge's packed safetensors layout (default) or a llama.cpp GGUF file "
+      "(--format gguf --type Q4_K_M)");
+  cmd->add_option("path", opt->input,
+                  "A .safetensors file or an HF model directory (--format gguf: also a llama2.c .bin or an "
+                  "F32/F16/BF16 GGUF)")
       ->required();
-  cmd->add_option("-o,--out", opt->output, "Output .safetensors file (written atomically)")->required();
+  cmd->add_option("-o,--out", opt->output, "Output file (written atomically)")->required();
+  cmd->add_option("--format", opt->format, "Output format: packed (qforge safetensors, default) or gguf")
+      ->check(CLI::IsMember({"packed", "gguf"}));
+  // packed
+  cmd->add_option("-s,--scheme", opt->scheme, "[packed] Quantization scheme, e.g. int4-g128-asym, int8-ch-sym, nf4");
   cmd->add_option("--filter", opt->filter,
-                  "Regex (ECMAScript, matched anywhere in the name) selecting the tensors to quantize instead of "
-                  "the default linear-layer weights");
-  cmd->add_option("--keep", opt->keep, "Regex of tensor names to keep in their original dtype");
+                  "[packed] Regex (ECMAScript, matched anywhere in the name) selecting the tensors to quantize "
+                  "instead of the default linear-layer weights");
+  cmd->add_option("--keep", opt->keep, "[packed] Regex of tensor names to keep in their original dtype");
+  // gguf
+  GgufQuantizeRequest& g = opt->gguf;
+  cmd->add_option("-t,--type", g.type,
+                  "[gguf] Preset: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q4_0, Q4_1, Q5_0, Q5_1, Q3_K_S, Q3_K_M, "
+                  "Q3_K_L, Q2_K, IQ4_NL, TQ1_0, TQ2_0, F16, BF16, F32");
+  cmd->add_option("--tensor-type", g.tensor_types,
+                  "[gguf] REGEX=TYPE: store tensors whose GGUF name matches as TYPE (repeatable; last match wins)");
+  cmd->add_option("--tensor-type-file", g.tensor_type_file,
+                  "[gguf] File of REGEX=TYPE lines ('#' comments), applied after --tensor-type");
+  cmd->add_option("--output-tensor-type", g.output_tensor_type, "[gguf] Type of output.weight (or tied token_embd)");
+  cmd->add_option("--token-embedding-type", g.token_embedding_type, "[gguf] Type of token_embd.weight");
+  cmd->add_flag("--pure", g.pure, "[gguf] Use the preset's type for every weight (no per-role rules)");
+  cmd->add_option("--imatrix", g.imatrix, "[gguf] llama.cpp importance matrix (GGUF or legacy .dat)");
+  cmd->add_flag("--allow-fallback", g.allow_fallback,
+                "[gguf] Accept llama.cpp's fallback types for rows the chosen type's block does not divide");
+  cmd->add_flag("--allow-requantize", g.allow_requantize,
+                "[gguf] Accept already quantized GGUF input (dequantized, then quantized again)");
+  cmd->add_option("--tokenizer", g.input_options.tokenizer,
+                  "[gguf] Tokenizer for HF/llama2.c input (default: tokenizer.model beside config.json)");
+  cmd->add_flag("--no-vocab", g.input_options.no_vocab, "[gguf] Write no vocabulary");
+  cmd->add_option("--name", g.input_options.name, "[gguf] general.name for HF/llama2.c input");
+  cmd->add_flag("--dry-run", g.dry_run, "[gguf] Print the preflight and stop");
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
-  cmd->add_flag("-v,--verbose", opt->verbose, "List each quantized tensor");
-  cmd->callback([opt, exit_code] {
+  cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
+  cmd->callback([opt, cmd, exit_code] {
     auto fail = [&](const Status& s) { *exit_code = report_error(s); };
+    auto given = [&](const char* name) { return cmd->count(name) > 0; };
+    std::optional<ScopedThreadLimit> limit;
+    if (opt->threads > 0) limit.emplace(opt->threads);
+    if (opt->format == "gguf") {
+      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
+        if (given(name))
+          return fail(invalid_argument(std::string(name) + " applies to --format packed; GGUF output takes --type "
+                                                           "and --tensor-type"));
+      if (opt->gguf.type.empty()) return fail(invalid_argument("--format gguf needs --type (e.g. --type Q4_K_M)"));
+      opt->gguf.input = opt->input;
+      opt->gguf.output = opt->output;
+      *exit_code = run_gguf_quantize(opt->gguf);
+      return;
+    }
+    for (const char* name : {"--type", "--tensor-type", "--tensor-type-file", "--output-tensor-type",
+                             "--token-embedding-type", "--pure", "--imatrix", "--allow-fallback", "--allow-requantize",
+                             "--tokenizer", "--no-vocab", "--name", "--dry-run"})
+      if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --format gguf"));
+    if (opt->scheme.empty())
+      return fail(invalid_argument("--scheme is required (or --format gguf --type PRESET for a GGUF file)"));
     QuantizeRequest req;
     req.input = opt->input;
     req.output = opt->output;
@@ -204,8 +255,6 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     req.selection.keep = *keep;
     req.selection.filter_pattern = opt->filter;
     req.selection.keep_pattern = opt->keep;
-    std::optional<ScopedThreadLimit> limit;
-    if (opt->threads > 0) limit.emplace(opt->threads);
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);

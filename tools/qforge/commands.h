@@ -13,6 +13,8 @@
 
 #include "cli_common.h"
 #include "qforge/format.h"
+#include "qforge/gguf_convert.h"
+#include "qforge/gguf_quantize.h"
 #include "qforge/safetensors.h"
 
 namespace qforge::cli {
@@ -24,6 +26,7 @@ void add_dequantize_command(CLI::App& app, int* exit_code);
 void add_demo_command(CLI::App& app, int* exit_code);
 void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
 void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
+void add_convert_command(CLI::App& app, int* exit_code);
 
 // ---- analyze ----------------------------------------------------------------------------------
 
@@ -111,5 +114,30 @@ struct DequantizeSummary {
 // `dtype`: the dtype of dequantized tensors (nullopt: each tensor's original dtype).
 Expected<DequantizeSummary> dequantize_file(const std::string& input, const std::string& output,
                                             std::optional<DType> dtype);
+
+// ---- GGUF: convert, quantize --format gguf -------------------------------------------------------
+
+struct GgufQuantizeRequest {
+  const char* command = "quantize";  // for messages: "convert" or "quantize"
+  std::string input;
+  std::string output;
+  std::string type;  // preset name (Q4_K_M, F16, ...)
+  std::vector<std::string> tensor_types;  // REGEX=TYPE
+  std::string tensor_type_file;
+  std::string output_tensor_type;
+  std::string token_embedding_type;
+  std::string imatrix;
+  bool pure = false;
+  bool allow_requantize = false;
+  bool allow_fallback = false;
+  bool dry_run = false;  // stop after the preflight
+  GgufModelInputOptions input_options;
+};
+
+// Opens the input, prints the preflight (always, before any work), stops on fallbacks /
+// re-quantization unless allowed, then writes the file. Returns the exit code.
+int run_gguf_quantize(const GgufQuantizeRequest& request);
+void print_gguf_preflight(const GgufModelInput& input, const GgufQuantizePlan& plan, const GgufQuantizeOptions& options,
+                          const std::string& output, std::FILE* out);
 
 }  // namespace qforge::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   add_analyze_command(app, &exit_code);
   add_quantize_command(app, &exit_code);
   add_dequantize_command(app, &exit_code);
+  add_convert_command(app, &exit_code);
   add_demo_command(app, &exit_code);
   add_eval_command(app, &exit_code);
   add_run_command(app, &exit_code);
