@@ -3,6 +3,8 @@
 // the two scales. Float-activation formats widen the weights to f32 and FMA.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include <cstring>
 
 #include "kernels/cpu/tile_driver.h"
@@ -112,12 +114,12 @@ struct Q4_0 {
         for (int i = 0; i < R; ++i) {
           const __m256i s = dot_u8s8(wq[i], aq);
           acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(wdf[i] * ad), acc[i][t]);
-          off[i][t] += wdf[i] * asum;
+          off[i][t] = std::fma(wdf[i], asum, off[i][t]);
         }
       }
     }
     for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]) - 8.0f * off[i][t];
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = std::fma(-8.0f, off[i][t], hsum(acc[i][t]));
   }
 };
 
@@ -168,7 +170,7 @@ struct Q4_K {
           int msum = 0;
           for (int s = 0; s < 8; ++s) msum += mn[i][s] * (bs[2 * s] + bs[2 * s + 1]);
           acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), _mm256_set1_ps(d * ar[t][b].d), acc[i][t]);
-          off[i][t] += dmin * ar[t][b].d * static_cast<float>(msum);
+          off[i][t] = std::fma(dmin * ar[t][b].d, static_cast<float>(msum), off[i][t]);
         }
       }
     }
@@ -310,7 +312,7 @@ struct Int4 {
         const float s = params[i][2 * g], z = params[i][2 * g + 1];
         for (int t = 0; t < T; ++t) {
           acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(s), gacc[i][t], acc[i][t]);
-          off[i][t] += s * z * x[t][w.cols + g];
+          off[i][t] = std::fma(s * z, x[t][w.cols + g], off[i][t]);
         }
       }
     }
@@ -361,7 +363,7 @@ struct Half {
     for (int i = 0; i < R; ++i)
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[i][t]);
-        for (int64_t c = body; c < w.cols; ++c) s += load1(wr[i] + 2 * c) * x[t][c];
+        for (int64_t c = body; c < w.cols; ++c) s = std::fma(load1(wr[i] + 2 * c), x[t][c], s);
         y[t * ldy + i] = s;
       }
   }

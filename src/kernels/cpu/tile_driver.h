@@ -5,7 +5,9 @@
 // A kernel K provides kGemvRows / kGemmRows and
 //   template <int R, int T> static void run(const WeightView&, int64_t row, const uint8_t* act,
 //                                           size_t act_stride, float* y, int64_t ldy);
-// writing y[t * ldy + i] for i < R, t < T (y already offset to `row`).
+// writing y[t * ldy + i] for i < R, t < T (y already offset to `row`). Scalar accumulations use
+// std::fma explicitly: with -ffp-contract=fast the compiler could otherwise fuse a * b + c in some
+// instantiations and not others, breaking the bit-identity.
 #pragma once
 
 #include "kernels/kernel_registry.h"
