@@ -43,6 +43,14 @@ Isa active_isa();
 // now active. Not thread-safe against running kernels.
 Isa set_active_isa(Isa isa);
 
+// How the integer-dot formats (Q8_0, Q4_0, Q4_K, Q6_K, int8 W8A8) quantize activations.
+//   int8:   x ≈ d q per block (llama.cpp's Q8_0 / Q8_K): |x - x̂| <= absmax / 254. Fastest; shifts
+//           perplexity by ~1e-3 relative against f32 activations on ref-llama-18m Q4_K_M.
+//   int8x2: x ≈ d q + d' q' where q' quantizes the residual x - d q with its own block scale:
+//           |x - x̂| <= absmax / 64516 (about 16 bits), run as two int8 activation rows over one
+//           pass of the weights (twice the integer work, the same weight traffic). The default.
+enum class ActPrecision : uint8_t { int8 = 0, int8x2 = 1 };
+
 // A weight [rows = out_features, cols = in_features] in the kernels' layout (GGUF blocks are kept
 // byte for byte; planar int8/int4 weights are repacked row by row with their scales).
 class KernelMatrix {
@@ -55,9 +63,10 @@ class KernelMatrix {
   // True when a kernel exists for this scheme and shape; otherwise `why` (if given) says why.
   static bool supports(const Scheme& scheme, int64_t rows, int64_t cols, std::string* why = nullptr);
   // Validates the planes (sizes, scheme) and packs them. Errors name the scheme and shape.
-  static Expected<KernelMatrix> create(const QuantizedTensor& weight);
+  static Expected<KernelMatrix> create(const QuantizedTensor& weight, ActPrecision precision = ActPrecision::int8x2);
 
   FormatId format() const;
+  ActPrecision precision() const;
   const Scheme& scheme() const;
   int64_t rows() const;
   int64_t cols() const;

@@ -141,31 +141,54 @@ QuantizedTensor random_codes(const Scheme& s, int64_t rows, int64_t cols, std::m
   return q;
 }
 
-// Activations dequantized exactly as the kernels see them ([tokens, cols]).
-std::vector<float> seen_activations(const Scheme& s, const float* x, int64_t tokens, int64_t cols) {
-  std::vector<float> out(static_cast<size_t>(tokens * cols));
+// One activation row quantized and dequantized as the kernels do (int activations only).
+void quantize_dequantize_act(const Scheme& s, const float* x, int64_t cols, float* o) {
+  if (s.format == FormatId::gguf_q8_0 || s.format == FormatId::gguf_q4_0) {
+    std::vector<kernels::ActQ8Block> a(static_cast<size_t>(cols / 32));
+    kernels::quantize_act_q8_32(x, cols, a.data());
+    for (int64_t i = 0; i < cols; ++i) o[i] = a[i / 32].d * static_cast<float>(a[i / 32].qs[i % 32]);
+  } else if (s.format == FormatId::gguf_q4_k || s.format == FormatId::gguf_q6_k) {
+    std::vector<gg::BlockQ8_K> a(static_cast<size_t>(cols / 256));
+    kernels::quantize_act_q8_k(x, cols, a.data());
+    for (int64_t i = 0; i < cols; ++i) o[i] = a[i / 256].d * static_cast<float>(a[i / 256].qs[i % 256]);
+  } else {
+    std::vector<uint8_t> a(kernels::kRowHeader + static_cast<size_t>((cols + 31) / 32 * 32));
+    kernels::quantize_act_q8_row(x, cols, a.data());
+    float d;
+    std::memcpy(&d, a.data(), 4);
+    for (int64_t i = 0; i < cols; ++i) o[i] = d * static_cast<float>(static_cast<int8_t>(a[kernels::kRowHeader + i]));
+  }
+}
+
+bool int_activations(const Scheme& s) {
+  return s.format != FormatId::int_asym && s.format != FormatId::f16 && s.format != FormatId::bf16;
+}
+
+// Activations as the kernels see them ([tokens, cols]): the first int8 term and, for int8x2, the
+// quantized residual (zero otherwise); f32 formats: x itself.
+struct SeenActivations {
+  std::vector<float> hi, lo;
+};
+
+SeenActivations seen_activations(const Scheme& s, kernels::ActPrecision p, const float* x, int64_t tokens, int64_t cols) {
+  SeenActivations a;
+  a.hi.assign(static_cast<size_t>(tokens * cols), 0.0f);
+  a.lo.assign(a.hi.size(), 0.0f);
   for (int64_t t = 0; t < tokens; ++t) {
     const float* xr = x + t * cols;
-    float* o = out.data() + t * cols;
-    if (s.format == FormatId::gguf_q8_0 || s.format == FormatId::gguf_q4_0) {
-      std::vector<kernels::ActQ8Block> a(static_cast<size_t>(cols / 32));
-      kernels::quantize_act_q8_32(xr, cols, a.data());
-      for (int64_t i = 0; i < cols; ++i) o[i] = a[i / 32].d * a[i / 32].qs[i % 32];
-    } else if (s.format == FormatId::gguf_q4_k || s.format == FormatId::gguf_q6_k) {
-      std::vector<gg::BlockQ8_K> a(static_cast<size_t>(cols / 256));
-      kernels::quantize_act_q8_k(xr, cols, a.data());
-      for (int64_t i = 0; i < cols; ++i) o[i] = a[i / 256].d * a[i / 256].qs[i % 256];
-    } else if (s.format == FormatId::int_sym) {
-      std::vector<uint8_t> a(kernels::kRowHeader + static_cast<size_t>((cols + 31) / 32 * 32));
-      kernels::quantize_act_q8_row(xr, cols, a.data());
-      float d;
-      std::memcpy(&d, a.data(), 4);
-      for (int64_t i = 0; i < cols; ++i) o[i] = d * static_cast<int8_t>(a[kernels::kRowHeader + i]);
-    } else {
-      std::copy(xr, xr + cols, o);
+    float* hi = a.hi.data() + t * cols;
+    if (!int_activations(s)) {
+      std::copy(xr, xr + cols, hi);
+      continue;
+    }
+    quantize_dequantize_act(s, xr, cols, hi);
+    if (p == kernels::ActPrecision::int8x2) {
+      std::vector<float> r(static_cast<size_t>(cols));
+      for (int64_t i = 0; i < cols; ++i) r[static_cast<size_t>(i)] = xr[i] - hi[i];
+      quantize_dequantize_act(s, r.data(), cols, a.lo.data() + t * cols);
     }
   }
-  return out;
+  return a;
 }
 
 // Per element of the weight: the largest magnitude of a partial product's weight factor the
@@ -238,35 +261,39 @@ struct Bounds {
   std::vector<double> exact;  // W_dequant · x in double
 };
 
-Bounds make_bounds(const QuantizedTensor& q, const std::vector<float>& x, int64_t tokens) {
+Bounds make_bounds(const QuantizedTensor& q, kernels::ActPrecision p, const std::vector<float>& x, int64_t tokens) {
   const int64_t rows = q.rows, cols = q.cols;
   std::vector<float> dense(static_cast<size_t>(rows * cols));
   EXPECT_TRUE(dequantize(q, dense.data()).is_ok());
   const std::vector<double> mag = format_magnitude(q, dense);
-  const std::vector<float> xs = seen_activations(q.scheme, x.data(), tokens, cols);
-  const double gamma = static_cast<double>(terms_per_output(q.scheme, cols) + 3) * kU;
-  const bool int_act = q.scheme.format != FormatId::int_asym && q.scheme.format != FormatId::f16 &&
-                       q.scheme.format != FormatId::bf16;
+  const SeenActivations xs = seen_activations(q.scheme, p, x.data(), tokens, cols);
+  // +1: the sum of the two activation terms' results.
+  const double gamma = static_cast<double>(terms_per_output(q.scheme, cols) + 4) * kU;
+  const bool int_act = int_activations(q.scheme);
   const FormatTraits& t = format_traits(q.scheme.format);
   const int64_t act_block = q.scheme.format == FormatId::int_sym ? cols : (t.block > 0 ? t.block : cols);
+  // The activation quantizer's bound: one int8 term |x - x̂| <= d / 2 with d = block absmax / 127;
+  // with the residual term, the residual (<= d / 2) is quantized the same way: <= absmax / 64516.
+  // Slack: x / d is evaluated in f32 (relative 2^-23 of |x|).
+  const double act_div = p == kernels::ActPrecision::int8x2 ? 127.0 * 508.0 : 254.0;
   Bounds b;
   for (int64_t tk = 0; tk < tokens; ++tk) {
     const float* xr = x.data() + tk * cols;
-    const float* xsr = xs.data() + tk * cols;
-    // The activation quantizer's own bound: |x - x̂| <= d / 2 with d = block absmax / 127.
+    const float* hi = xs.hi.data() + tk * cols;
+    const float* lo = xs.lo.data() + tk * cols;
     std::vector<double> act_err(static_cast<size_t>(cols), 0.0);
     if (int_act)
       for (int64_t b0 = 0; b0 < cols; b0 += act_block) {
         double amax = 0;
         for (int64_t i = b0; i < b0 + act_block; ++i) amax = std::max(amax, std::fabs(static_cast<double>(xr[i])));
-        for (int64_t i = b0; i < b0 + act_block; ++i) act_err[static_cast<size_t>(i)] = amax / 254.0 * (1 + 1e-6);
+        for (int64_t i = b0; i < b0 + act_block; ++i)
+          act_err[static_cast<size_t>(i)] = amax / act_div * (1 + 1e-3) + amax * 4 * kU;
       }
     for (int64_t r = 0; r < rows; ++r) {
-      double M = 0, exact = 0, qerr = 0, dsum = 0;
+      double M = 0, exact = 0, qerr = 0;
       for (int64_t c = 0; c < cols; ++c) {
         const size_t wi = static_cast<size_t>(r * cols + c);
-        M += mag[wi] * std::fabs(static_cast<double>(xsr[c]));
-        dsum += std::fabs(static_cast<double>(dense[wi])) * std::fabs(static_cast<double>(xsr[c]));
+        M += mag[wi] * (std::fabs(static_cast<double>(hi[c])) + std::fabs(static_cast<double>(lo[c])));
         exact += static_cast<double>(dense[wi]) * xr[c];
         qerr += std::fabs(static_cast<double>(dense[wi])) * act_err[static_cast<size_t>(c)];
       }
@@ -294,16 +321,16 @@ class IsaLevels : public ::testing::TestWithParam<Isa> {
 
 // Compares matmul at `isa` with the reference; x and y are offset by one float (misaligned).
 void check_against_ref(const QuantizedTensor& q, Isa isa, int64_t tokens, std::mt19937& rng, const char* what,
-                       std::vector<float> x = {}) {
+                       std::vector<float> x = {}, kernels::ActPrecision p = kernels::ActPrecision::int8x2) {
   const int64_t rows = q.rows, cols = q.cols;
-  auto m = KernelMatrix::create(q);
+  auto m = KernelMatrix::create(q, p);
   ASSERT_TRUE(m.has_value()) << m.status().message();
   if (x.empty()) x = random_floats(tokens * cols, rng);
   std::vector<float> xbuf(x.size() + 1), ybuf(static_cast<size_t>(tokens * rows) + 1), ref(static_cast<size_t>(tokens * rows));
   std::copy(x.begin(), x.end(), xbuf.begin() + 1);
   m->matmul(xbuf.data() + 1, tokens, ybuf.data() + 1, isa);
   m->matmul_ref(x.data(), tokens, ref.data());
-  const Bounds b = make_bounds(q, x, tokens);
+  const Bounds b = make_bounds(q, p, x, tokens);
   int failures = 0;
   for (size_t i = 0; i < ref.size() && failures < 5; ++i) {
     const double fast = ybuf[i + 1];
@@ -345,6 +372,7 @@ TEST_P(IsaLevels, ExtremeCodesAndActivations) {
     SCOPED_TRACE(name);
     const QuantizedTensor q = random_codes(s, rows, cols, rng);
     check_against_ref(q, GetParam(), tokens, rng, "random codes");
+    check_against_ref(q, GetParam(), tokens, rng, "random codes, int8 activations", {}, kernels::ActPrecision::int8);
     // Activations: zeros, one huge outlier per token, tiny values, a constant row, mixed scales.
     std::vector<float> x(static_cast<size_t>(tokens * cols), 0.0f);
     for (int64_t c = 0; c < cols; ++c) {
@@ -354,6 +382,7 @@ TEST_P(IsaLevels, ExtremeCodesAndActivations) {
       x[static_cast<size_t>(4 * cols + c)] = std::ldexp(1.0f, static_cast<int>(c % 40) - 20) * ((c & 1) ? -1.0f : 1.0f);
     }
     check_against_ref(q, GetParam(), tokens, rng, "extreme activations", x);
+    check_against_ref(q, GetParam(), tokens, rng, "extreme activations, int8", x, kernels::ActPrecision::int8);
   }
 }
 
@@ -364,7 +393,8 @@ TEST_P(IsaLevels, BitIdenticalAcrossThreadsAndBatching) {
   for (const std::string& name : kernel_scheme_names()) {
     const Scheme s = scheme_of(name);
     const int64_t cols = std::max<int64_t>(col_block(s, 0), 256) * 2, rows = 77, tokens = 70;
-    auto m = KernelMatrix::create(quantize_random(s, rows, cols, rng));
+    auto m = KernelMatrix::create(quantize_random(s, rows, cols, rng), name == "q4_0" ? kernels::ActPrecision::int8
+                                                                                        : kernels::ActPrecision::int8x2);
     ASSERT_TRUE(m.has_value());
     const std::vector<float> x = random_floats(tokens * cols, rng);
     std::vector<float> y1(static_cast<size_t>(tokens * rows)), y2(y1.size()), y3(y1.size());
@@ -444,7 +474,7 @@ TEST(CpuKernels, KernelLinearMatchesQuantizedLinearAndDenseWeight) {
     std::vector<float> yk(static_cast<size_t>(tokens * rows)), yq(yk.size());
     (*k)->forward(x.data(), tokens, yk.data());
     (*ql)->forward(x.data(), tokens, yq.data());
-    const Bounds b = make_bounds(q, x, tokens);
+    const Bounds b = make_bounds(q, kernels::ActPrecision::int8x2, x, tokens);
     for (size_t i = 0; i < yk.size(); ++i) {
       // QuantizedLinear runs f32 BLAS on the dequantized weight: within the activation bound plus
       // both summation bounds of the exact product.

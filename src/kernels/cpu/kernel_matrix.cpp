@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "kernels/kernel_registry.h"
 #include "qforge/dtype.h"
@@ -165,6 +166,7 @@ int64_t int4_group(const Scheme& s, int64_t cols) {
 
 struct KernelMatrix::Impl {
   Scheme scheme;
+  ActPrecision precision = ActPrecision::int8x2;
   const KernelEntry* entry = nullptr;
   WeightView view;
   AlignedBytes data;
@@ -199,6 +201,33 @@ struct KernelMatrix::Impl {
     }
   }
 
+  bool int_act() const { return entry->act == ActKind::q8_32 || entry->act == ActKind::q8_k || entry->act == ActKind::q8_row; }
+
+  // x - dequant(act row): the residual the second int8 term quantizes.
+  void residual(const float* x, const uint8_t* act, float* r) const {
+    const int64_t cols = view.cols;
+    switch (entry->act) {
+      case ActKind::q8_32: {
+        const auto* a = reinterpret_cast<const ActQ8Block*>(act);
+        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - a[i / 32].d * static_cast<float>(a[i / 32].qs[i % 32]);
+        break;
+      }
+      case ActKind::q8_k: {
+        const auto* a = reinterpret_cast<const gg::BlockQ8_K*>(act);
+        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - a[i / 256].d * static_cast<float>(a[i / 256].qs[i % 256]);
+        break;
+      }
+      case ActKind::q8_row: {
+        float d;
+        std::memcpy(&d, act, sizeof d);
+        const auto* q = reinterpret_cast<const int8_t*>(act + kRowHeader);
+        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - d * static_cast<float>(q[i]);
+        break;
+      }
+      default: break;
+    }
+  }
+
   void run(const float* x, int64_t n, float* y, TileFn tile, bool threaded) const;
 };
 
@@ -211,35 +240,62 @@ uint8_t* act_scratch(size_t bytes) {
   return buf.ptr.get();
 }
 
-constexpr int64_t kTokenBlock = 64;  // activation rows per tile call (fit L2 with a row chunk)
+constexpr int64_t kTokenBlock = 64;  // activation rows per tile call (fit L2 with a row chunk); even
+static_assert(kTokenBlock % 2 == 0);
 
 }  // namespace
 
 void KernelMatrix::Impl::run(const float* x, int64_t n, float* y, TileFn tile, bool threaded) const {
   if (n <= 0 || view.rows <= 0) return;
   const size_t stride = act_stride();
+  // Integer activations with the residual term: token t becomes activation rows 2t (x quantized)
+  // and 2t + 1 (x minus that, quantized), run as two tokens over one pass of the weights.
+  const bool two_terms = int_act() && precision == ActPrecision::int8x2;
+  const int64_t act_rows = two_terms ? 2 * n : n;
   const uint8_t* act = nullptr;
   if (entry->act == ActKind::f32) {
     act = reinterpret_cast<const uint8_t*>(x);  // used in place
   } else {
-    uint8_t* buf = act_scratch(stride * static_cast<size_t>(n));
+    uint8_t* buf = act_scratch(stride * static_cast<size_t>(act_rows));
 #pragma omp parallel for schedule(static) if (threaded && n >= 4)
-    for (int64_t t = 0; t < n; ++t) prepare_row(x + t * view.cols, buf + static_cast<size_t>(t) * stride);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * view.cols;
+      if (!two_terms) {
+        prepare_row(xt, buf + static_cast<size_t>(t) * stride);
+        continue;
+      }
+      uint8_t* hi = buf + static_cast<size_t>(2 * t) * stride;
+      prepare_row(xt, hi);
+      thread_local std::vector<float> r;
+      r.resize(static_cast<size_t>(view.cols));
+      residual(xt, hi, r.data());
+      prepare_row(r.data(), hi + stride);
+    }
     act = buf;
   }
   const int64_t rows = view.rows;
+  float* out = y;
+  if (two_terms) {
+    thread_local AlignedBytes scratch;
+    const size_t bytes = sizeof(float) * static_cast<size_t>(act_rows * rows);
+    if (scratch.size < bytes) scratch.allocate(bytes);
+    out = reinterpret_cast<float*>(scratch.ptr.get());
+  }
   const int threads = threaded ? std::max(1, omp_get_max_threads()) : 1;
   // Row chunks: decode splits rows evenly (a few chunks per thread for balance); prefill uses
   // chunks of 16 rows so a chunk's weights stay in L1/L2 while the token blocks stream past.
-  int64_t chunk = n == 1 ? std::max<int64_t>(8, (rows / (4 * threads) + 7) / 8 * 8) : 16;
+  const int64_t chunk = n == 1 ? std::max<int64_t>(8, (rows / (4 * threads) + 7) / 8 * 8) : 16;
   const int64_t chunks = (rows + chunk - 1) / chunk;
-  const double work = static_cast<double>(rows) * static_cast<double>(view.cols) * static_cast<double>(n);
+  const double work = static_cast<double>(rows) * static_cast<double>(view.cols) * static_cast<double>(act_rows);
 #pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && chunks > 1 && work > 32768.0)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
-    for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
-      const int64_t nt = std::min(kTokenBlock, n - t0);
-      tile(view, r0, r1, act + static_cast<size_t>(t0) * stride, stride, nt, y + t0 * rows, rows);
+    for (int64_t t0 = 0; t0 < act_rows; t0 += kTokenBlock) {  // kTokenBlock is even: pairs stay together
+      const int64_t nt = std::min(kTokenBlock, act_rows - t0);
+      tile(view, r0, r1, act + static_cast<size_t>(t0) * stride, stride, nt, out + t0 * rows, rows);
+      if (!two_terms) continue;
+      for (int64_t t = t0 / 2; t < (t0 + nt) / 2; ++t)
+        for (int64_t r = r0; r < r1; ++r) y[t * rows + r] = out[2 * t * rows + r] + out[(2 * t + 1) * rows + r];
     }
   }
 }
@@ -272,7 +328,7 @@ bool KernelMatrix::supports(const Scheme& s, int64_t rows, int64_t cols, std::st
   return true;
 }
 
-Expected<KernelMatrix> KernelMatrix::create(const QuantizedTensor& q) {
+Expected<KernelMatrix> KernelMatrix::create(const QuantizedTensor& q, ActPrecision precision) {
   const std::string what = "kernel weight " + q.scheme.name() + " [" + std::to_string(q.rows) + ", " +
                            std::to_string(q.cols) + "]";
   std::string why;
@@ -286,6 +342,7 @@ Expected<KernelMatrix> KernelMatrix::create(const QuantizedTensor& q) {
                             std::to_string(want.scales) + ", " + std::to_string(want.zeros) + ")");
   auto impl = std::make_unique<Impl>();
   impl->scheme = q.scheme;
+  impl->precision = precision;
   impl->entry = find_entry(q.scheme.format);
   WeightView& v = impl->view;
   v.rows = q.rows;
@@ -341,6 +398,7 @@ Expected<KernelMatrix> KernelMatrix::create(const QuantizedTensor& q) {
 }
 
 FormatId KernelMatrix::format() const { return impl_->scheme.format; }
+ActPrecision KernelMatrix::precision() const { return impl_->precision; }
 const Scheme& KernelMatrix::scheme() const { return impl_->scheme; }
 int64_t KernelMatrix::rows() const { return impl_->view.rows; }
 int64_t KernelMatrix::cols() const { return impl_->view.cols; }
