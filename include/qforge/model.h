@@ -196,6 +196,14 @@ const char* model_file_kind_name(ModelFileKind kind);  // "hf", "safetensors", "
 // (a "qforge" manifest: packed) and otherwise taken as llama2.c. Errors name the path.
 Expected<ModelFileKind> detect_model_file(const std::string& path);
 
+// How the quantized (and f16/bf16) linear weights of GGUF and packed files run.
+enum class QuantizedWeights : uint8_t {
+  dequantize_at_load = 0,  // f32 copies made once at load (DenseLinear): the reference
+  kernels = 1,             // fast CPU kernels (KernelLinear, qforge/kernels.h) where one exists for the
+                           // scheme; other weights dequantized at load
+  on_the_fly = 2,          // QuantizedLinear: dequantized at every forward call
+};
+
 struct ModelLoadOptions {
   // config.json (or a directory holding it) for .safetensors and packed files; empty: the
   // config.json in the file's directory.
@@ -203,6 +211,9 @@ struct ModelLoadOptions {
   // Packed files: keep quantized weights as QuantizedLinear layers (dequantized on every forward
   // call, less memory) instead of dequantizing them once at load.
   bool quantized_linear = false;
+  // GGUF and packed files (quantized_linear = true means QuantizedWeights::on_the_fly). With
+  // kernels or on_the_fly, a tied output head runs on the quantized token embedding.
+  QuantizedWeights weights = QuantizedWeights::dequantize_at_load;
 };
 
 class Model {
@@ -225,9 +236,11 @@ class Model {
   // (gguf_model_config); quantized tensors are dequantized at load through the format table.
   // llama.cpp's converter permutes the Q/K rows of llama models so that RoPE rotates adjacent
   // pairs, so llama GGUF models run with RopeStyle::interleaved.
-  static Expected<Model> load_gguf(const std::string& path);
+  static Expected<Model> load_gguf(const std::string& path,
+                                   QuantizedWeights weights = QuantizedWeights::dequantize_at_load);
   // A qforge packed file with the given config (see ModelLoadOptions::quantized_linear).
   static Expected<Model> load_packed(const std::string& path, const ModelConfig& config, bool quantized_linear = false);
+  static Expected<Model> load_packed(const std::string& path, const ModelConfig& config, QuantizedWeights weights);
 
   const ModelConfig& config() const;
 

@@ -17,6 +17,34 @@
 namespace qforge {
 namespace {
 
+// A tensor as a QuantizedTensor of the format table: block formats (the tensor's bytes are the
+// `codes` plane of the table's row for that ggml type) and, when `half_too`, F16/BF16 (the plain
+// casts). Rows run along ne[0].
+Expected<QuantizedTensor> gguf_quantized_tensor(const GgufFile& file, const GgufTensorInfo& info, bool half_too = false) {
+  const std::string what = file.path() + ": tensor '" + info.name + "' of type " + ggml_type_name(info.type);
+  const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(info.type));
+  const bool half = f != nullptr && (f->id == FormatId::f16 || f->id == FormatId::bf16);
+  if (f == nullptr || !(f->blocks_in_codes || (half_too && half)))
+    return unsupported(what + ": qforge cannot dequantize this GGML type");
+  if (info.ne.empty()) return parse_error(what + ": a quantized tensor needs at least one dimension");
+  const int64_t cols = info.ne[0];
+  const int64_t rows = cols > 0 ? info.numel() / cols : 0;
+  if (rows <= 0 || cols <= 0) return parse_error(what + ": empty tensor");
+  QuantizedTensor q;
+  q.scheme.format = f->id;
+  q.scheme.bits = f->min_bits;
+  q.scheme.granularity = f->default_granularity;
+  q.scheme.group_size = f->default_granularity == Granularity::group ? (f->block > 0 ? f->block : f->default_group) : 0;
+  q.rows = rows;
+  q.cols = cols;
+  QFORGE_RETURN_IF_ERROR(validate_scheme(q.scheme, rows, cols).with_context(what));
+  const std::span<const uint8_t> bytes = file.tensor_bytes(info);
+  if (bytes.size() != scheme_plane_sizes(q.scheme, rows, cols).codes)
+    return parse_error(what + ": " + std::to_string(bytes.size()) + " bytes do not match its shape");
+  q.codes.assign(bytes.begin(), bytes.end());
+  return q;
+}
+
 class GgufSource final : public TensorSource {
  public:
   explicit GgufSource(const GgufFile& file) : file_(file) {}
@@ -34,27 +62,9 @@ class GgufSource final : public TensorSource {
   std::string label() const override { return file_.path(); }
 
  private:
-  // Block formats: the tensor's bytes are the `codes` plane of a QuantizedTensor of the format
-  // table's row for that ggml type; rows run along ne[0].
   Expected<Tensor> dequantize_tensor(const GgufTensorInfo& info) const {
     const std::string what = label() + ": tensor '" + info.name + "' of type " + ggml_type_name(info.type);
-    const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(info.type));
-    if (f == nullptr || !f->blocks_in_codes)
-      return unsupported(what + ": qforge cannot dequantize this GGML type");
-    if (info.ne.empty()) return parse_error(what + ": a quantized tensor needs at least one dimension");
-    const int64_t cols = info.ne[0];
-    const int64_t rows = cols > 0 ? info.numel() / cols : 0;
-    if (rows <= 0 || cols <= 0) return parse_error(what + ": empty tensor");
-    QuantizedTensor q;
-    q.scheme.format = f->id;
-    q.scheme.bits = f->min_bits;
-    q.scheme.granularity = f->default_granularity;
-    q.scheme.group_size = f->default_granularity == Granularity::group ? (f->block > 0 ? f->block : f->default_group) : 0;
-    q.rows = rows;
-    q.cols = cols;
-    QFORGE_RETURN_IF_ERROR(validate_scheme(q.scheme, rows, cols).with_context(what));
-    const std::span<const uint8_t> bytes = file_.tensor_bytes(info);
-    q.codes.assign(bytes.begin(), bytes.end());
+    QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, gguf_quantized_tensor(file_, info));
     Tensor out = Tensor::zeros(DType::f32, info.shape);
     QFORGE_RETURN_IF_ERROR(dequantize(q, out.data_as<float>()).with_context(what));
     return out;
@@ -168,10 +178,32 @@ Expected<ModelConfig> gguf_model_config(const GgufFile& file) {
   return c;
 }
 
-Expected<Model> Model::load_gguf(const std::string& path) {
+Expected<Model> Model::load_gguf(const std::string& path, QuantizedWeights weights) {
   QFORGE_ASSIGN_OR_RETURN(GgufFile file, GgufFile::open(path));
   QFORGE_ASSIGN_OR_RETURN(ModelConfig config, gguf_model_config(file));
-  return from_tensors(config, GgufSource(file), TensorNaming::gguf);
+  QFORGE_ASSIGN_OR_RETURN(Model model, from_tensors(config, GgufSource(file), TensorNaming::gguf));
+  if (weights == QuantizedWeights::dequantize_at_load) return model;
+  // Quantized linear weights (and f16/bf16 ones for the kernels) replace their f32 copies; a tied
+  // head runs on the quantized token embedding.
+  for (const GgufTensorInfo& info : file.tensors()) {
+    const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(info.type));
+    const bool half = f != nullptr && (f->id == FormatId::f16 || f->id == FormatId::bf16);
+    if (f == nullptr || !(f->blocks_in_codes || (half && weights == QuantizedWeights::kernels))) continue;
+    auto r = resolve_tensor_role(config.arch, info.name, TensorNaming::gguf);
+    if (!r.has_value() || r->is_bias) continue;
+    LinearSite site{r->layer, r->role};
+    if (r->role == TensorRole::token_embedding && config.tie_word_embeddings)
+      site = LinearSite{-1, TensorRole::output};
+    else if (!(is_linear_weight(r->role) || r->role == TensorRole::output))
+      continue;
+    Linear* dense = model.linear(site);
+    if (dense == nullptr) continue;
+    QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, gguf_quantized_tensor(file, info, true));
+    QFORGE_ASSIGN_OR_RETURN(std::unique_ptr<Linear> layer, make_quantized_linear(std::move(q), dense->bias(), weights));
+    if (layer == nullptr) continue;
+    QFORGE_RETURN_IF_ERROR(model.replace_linear(site, std::move(layer)).with_context(path + ": tensor '" + info.name + "'"));
+  }
+  return model;
 }
 
 }  // namespace qforge

@@ -47,6 +47,12 @@ struct Model::Impl {
   void init_rope();
 };
 
+// The Linear for a quantized weight under `mode` (linear_kernel.cpp): a QuantizedLinear for
+// on_the_fly, a KernelLinear for kernels, or null when the weight should stay dequantized at load
+// (mode dequantize_at_load, no kernel for the scheme, or `transposed` planes under kernels).
+Expected<std::unique_ptr<Linear>> make_quantized_linear(QuantizedTensor q, std::vector<float> bias,
+                                                        QuantizedWeights mode, bool transposed = false);
+
 // Internal kernels (ops.cpp). Rows are contiguous [n, dim] blocks.
 namespace ops {
 void rms_norm(const float* x, const float* w, int64_t n, int64_t dim, double eps, float* y);

@@ -105,17 +105,28 @@ Expected<Model> Model::from_checkpoint(const ModelConfig& config, const Safetens
 }
 
 Expected<Model> Model::load_packed(const std::string& path, const ModelConfig& config, bool quantized_linear) {
+  return load_packed(path, config,
+                     quantized_linear ? QuantizedWeights::on_the_fly : QuantizedWeights::dequantize_at_load);
+}
+
+Expected<Model> Model::load_packed(const std::string& path, const ModelConfig& config, QuantizedWeights weights) {
   QFORGE_ASSIGN_OR_RETURN(PackedFile file, PackedFile::open(path));
   QFORGE_ASSIGN_OR_RETURN(Model model, from_tensors(config, PackedSource(file), TensorNaming::hf));
-  if (!quantized_linear) return model;
+  if (weights == QuantizedWeights::dequantize_at_load) return model;
   for (const PackedTensorInfo& info : file.quantized()) {
     QFORGE_ASSIGN_OR_RETURN(ResolvedTensor r, resolve_tensor_role(config.arch, info.name, TensorNaming::hf));
-    if (r.is_bias || !(is_linear_weight(r.role) || r.role == TensorRole::output)) continue;
-    const LinearSite site{r.layer, r.role};
+    if (r.is_bias) continue;
+    LinearSite site{r.layer, r.role};
+    if (r.role == TensorRole::token_embedding && config.tie_word_embeddings && config.causal)
+      site = LinearSite{-1, TensorRole::output};  // the tied head runs on the quantized embedding
+    else if (!(is_linear_weight(r.role) || r.role == TensorRole::output))
+      continue;
     Linear* dense = model.linear(site);
     if (dense == nullptr) continue;
     QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, file.load_quantized(info.name));
-    QFORGE_ASSIGN_OR_RETURN(auto layer, QuantizedLinear::create(std::move(q), dense->bias()));
+    QFORGE_ASSIGN_OR_RETURN(std::unique_ptr<Linear> layer,
+                            make_quantized_linear(std::move(q), dense->bias(), weights, info.transposed));
+    if (layer == nullptr) continue;  // no kernel for this scheme: stays dequantized
     QFORGE_RETURN_IF_ERROR(model.replace_linear(site, std::move(layer)).with_context(path + ": tensor '" + info.name + "'"));
   }
   return model;
@@ -125,12 +136,12 @@ Expected<Model> Model::load(const std::string& path, const ModelLoadOptions& opt
   QFORGE_ASSIGN_OR_RETURN(ModelFileKind kind, detect_model_file(path));
   switch (kind) {
     case ModelFileKind::gguf:
-      return load_gguf(path);
+      return load_gguf(path, options.quantized_linear ? QuantizedWeights::on_the_fly : options.weights);
     case ModelFileKind::llama2c:
       return load_llama2c(path);
     case ModelFileKind::packed: {
       QFORGE_ASSIGN_OR_RETURN(ModelConfig config, config_for_file(path, options));
-      return load_packed(path, config, options.quantized_linear);
+      return load_packed(path, config, options.quantized_linear ? QuantizedWeights::on_the_fly : options.weights);
     }
     case ModelFileKind::safetensors: {
       QFORGE_ASSIGN_OR_RETURN(ModelConfig config, config_for_file(path, options));

@@ -632,7 +632,10 @@ TEST(EvalCli, PackedModelAgainstItsReference) {
       << out;
   for (const char* f : {"config.json", "tokenizer.model"}) fs::create_symlink(ref + "/" + f, dir + "/" + f);
   const std::string args = " --text " + quote(ref + "/heldout.txt") + " --ctx 128 --max-windows 2 --ref " + quote(ref);
-  ASSERT_EQ(qforge("eval " + quote(dir + "/model.safetensors") + args + " --json " + quote(dir + "/a.json"), &out), 0)
+  ASSERT_EQ(qforge("eval " + quote(dir + "/model.safetensors") + args + " --dequantize-at-load --json " +
+                       quote(dir + "/a.json"),
+                   &out),
+            0)
       << out;
   ASSERT_EQ(qforge("eval " + quote(dir + "/model.safetensors") + args + " --quantized-linear --json " +
                        quote(dir + "/b.json"),

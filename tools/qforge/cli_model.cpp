@@ -19,7 +19,11 @@ void add_model_options(CLI::App* cmd, ModelSpec* spec) {
   cmd->add_option("--config", spec->config,
                   "config.json (or its directory) for a lone .safetensors or packed model file");
   cmd->add_flag("--quantized-linear", spec->quantized_linear,
-                "Packed models: keep weights quantized (dequantized on every call) instead of dequantizing at load");
+                "GGUF and packed models: keep weights quantized and dequantize them on every call (QuantizedLinear) "
+                "instead of running the fast kernels");
+  cmd->add_flag("--dequantize-at-load", spec->dequantize_at_load,
+                "GGUF and packed models: dequantize quantized weights to f32 once at load instead of running the "
+                "fast kernels");
 }
 
 Expected<LoadedModel> load_cli_model(const ModelSpec& spec, const std::string& role) {
@@ -28,8 +32,13 @@ Expected<LoadedModel> load_cli_model(const ModelSpec& spec, const std::string& r
   ModelLoadOptions options;
   options.config = spec.config;
   options.quantized_linear = spec.quantized_linear;
-  if (spec.quantized_linear && kind != ModelFileKind::packed)
-    warn("--quantized-linear applies to packed files only; " + spec.path + " is " + model_file_kind_name(kind));
+  options.weights = spec.dequantize_at_load ? QuantizedWeights::dequantize_at_load : QuantizedWeights::kernels;
+  if (spec.quantized_linear && spec.dequantize_at_load)
+    return invalid_argument("--quantized-linear and --dequantize-at-load exclude each other");
+  const bool quantized_file = kind == ModelFileKind::packed || kind == ModelFileKind::gguf;
+  if ((spec.quantized_linear || spec.dequantize_at_load) && !quantized_file)
+    warn(std::string(spec.quantized_linear ? "--quantized-linear" : "--dequantize-at-load") +
+         " applies to GGUF and packed files only; " + spec.path + " is " + model_file_kind_name(kind));
   auto model = Model::load(spec.path, options);
   if (!model.has_value()) return model.status().with_context("loading the " + role + " " + spec.path);
   LoadedModel m{spec.path, kind, std::move(model).value(), 0, 0};

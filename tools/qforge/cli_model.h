@@ -18,9 +18,10 @@ struct ModelSpec {
   std::string tokenizer;  // --tokenizer: empty = find it from the model
   std::string config;     // --config: config.json for a lone .safetensors / packed file
   bool quantized_linear = false;
+  bool dequantize_at_load = false;  // --dequantize-at-load: no fast kernels (the f32 reference)
 };
 
-// Registers --tokenizer, --config and --quantized-linear on `cmd` (the positional MODEL is the
+// Registers --tokenizer, --config, --quantized-linear and --dequantize-at-load on `cmd` (the positional MODEL is the
 // command's own).
 void add_model_options(CLI::App* cmd, ModelSpec* spec);
 

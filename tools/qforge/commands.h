@@ -26,6 +26,7 @@ void add_dequantize_command(CLI::App& app, int* exit_code);
 void add_demo_command(CLI::App& app, int* exit_code);
 void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
 void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
+void add_bench_command(CLI::App& app, int* exit_code); // cmd_bench.cpp
 void add_convert_command(CLI::App& app, int* exit_code);
 
 // ---- analyze ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add_demo_command(app, &exit_code);
   add_eval_command(app, &exit_code);
   add_run_command(app, &exit_code);
+  add_bench_command(app, &exit_code);
 
   set_command_line(argc, argv);
   qforge::install_interrupt_handler();

@@ -1,0 +1,230 @@
+// Fast CPU kernels (include/qforge/kernels.h), measured against the machine in the same run:
+//   BM_ReadBandwidth   streaming sum over a buffer far larger than the L3 (the roofline for decode)
+//   BM_Gemv/<fmt>/<rows>x<cols>   one token: GB/s of weight bytes read and the fraction of the
+//                      measured bandwidth (weights rotate over copies so the working set exceeds L3)
+//   BM_Sgemm/<M>       OpenBLAS sgemm on the dequantized f32 weight [4096, 4096], M tokens
+//   BM_Gemm/<fmt>/<M>  the kernels on the same shape: GFLOP/s and the fraction of sgemm's
+// Threads: QFORGE_BENCH_THREADS (default 2) for OpenMP and OpenBLAS. Pin them, e.g.
+//   OMP_PROC_BIND=close OMP_PLACES=cores ./build/bench/bench_kernels
+// QFORGE_ISA selects the kernel level as everywhere.
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qforge/kernels.h"
+#include "qforge/linear.h"
+
+namespace {
+
+using qforge::kernels::KernelMatrix;
+
+int bench_threads() {
+  const char* env = std::getenv("QFORGE_BENCH_THREADS");
+  return env != nullptr && std::atoi(env) > 0 ? std::atoi(env) : 2;
+}
+
+void set_threads() {
+  omp_set_num_threads(bench_threads());
+  qforge::set_blas_threads(bench_threads());
+}
+
+double g_read_bandwidth = 0;           // bytes/s, from BM_ReadBandwidth
+std::map<int64_t, double> g_sgemm_flops;  // M -> flop/s of sgemm
+
+void BM_ReadBandwidth(benchmark::State& state) {
+  set_threads();
+  const size_t bytes = size_t{1} << 30;  // 1 GiB >> any L3
+  const size_t n = bytes / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = i;
+  uint64_t total = 0;
+  for (auto _ : state) {
+    uint64_t sum = 0;
+    // Integer sums vectorise without reassociation flags; static schedule = each thread streams
+    // one contiguous half.
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+    for (size_t i = 0; i < n; ++i) sum += buf[i];
+    total += sum;
+    benchmark::DoNotOptimize(total);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// A weight of `scheme` [rows, cols]: 16 rows quantized from random values, repeated (the values
+// do not matter for speed; quantizing 45M values with the reference quantizers would take long).
+qforge::QuantizedTensor make_weight(const std::string& scheme_name, int64_t rows, int64_t cols) {
+  const qforge::Scheme s = qforge::Scheme::parse(scheme_name).value();
+  const int64_t seed_rows = 16;
+  std::mt19937 rng(42);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  std::vector<float> w(static_cast<size_t>(seed_rows * cols));
+  for (float& v : w) v = d(rng);
+  qforge::QuantizedTensor seed = qforge::quantize(s, w.data(), seed_rows, cols).value();
+  qforge::QuantizedTensor q;
+  q.scheme = s;
+  q.rows = rows;
+  q.cols = cols;
+  const qforge::PlaneSizes sizes = qforge::scheme_plane_sizes(s, rows, cols);
+  auto tile = [&](const std::vector<uint8_t>& src, size_t want) {
+    std::vector<uint8_t> out(want);
+    if (src.empty() || want == 0) return out;
+    if (src.size() == 2 && want == 2) return src;  // per-tensor scale
+    for (size_t i = 0; i < want; i += src.size()) std::memcpy(out.data() + i, src.data(), std::min(src.size(), want - i));
+    return out;
+  };
+  q.codes = tile(seed.codes, sizes.codes);
+  q.scales = tile(seed.scales, sizes.scales);
+  q.zeros = tile(seed.zeros, sizes.zeros);
+  return q;
+}
+
+// Enough copies of the weight that cycling through them exceeds the L3 (32 MiB here, 256 MiB
+// covers larger parts): each GEMV then streams its weight from DRAM, as decode does.
+struct GemvSetup {
+  std::vector<KernelMatrix> copies;
+  size_t bytes = 0;
+};
+
+void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t cols) {
+  set_threads();
+  GemvSetup s;
+  {
+    qforge::QuantizedTensor q = make_weight(scheme, rows, cols);
+    KernelMatrix m = KernelMatrix::create(q).value();
+    s.bytes = m.weight_bytes();
+    const size_t copies = std::max<size_t>(2, std::min<size_t>(16, (size_t{256} << 20) / s.bytes + 1));
+    s.copies.push_back(std::move(m));
+    for (size_t i = 1; i < copies; ++i) s.copies.push_back(KernelMatrix::create(q).value());
+  }
+  std::vector<float> x(static_cast<size_t>(cols), 0.5f), y(static_cast<size_t>(rows));
+  size_t i = 0;
+  for (auto _ : state) {
+    s.copies[i].matmul(x.data(), 1, y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % s.copies.size();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(s.bytes));
+  state.counters["weight_GB/s"] = benchmark::Counter(static_cast<double>(s.bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  // Fraction of the read bandwidth: weight bytes per second / measured stream bytes per second.
+  // Counters are finalised after the loop, so compute from the timer here.
+  state.counters["of_bw"] = benchmark::Counter(
+      g_read_bandwidth > 0 ? static_cast<double>(s.bytes) / g_read_bandwidth : 0, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(qforge::kernels::isa_name(s.copies[0].variant_for(qforge::kernels::active_isa())));
+}
+
+constexpr int64_t kGemmN = 4096, kGemmK = 4096;
+
+void BM_Sgemm(benchmark::State& state) {
+  set_threads();
+  const int64_t m = state.range(0);
+  qforge::QuantizedTensor q = make_weight("q8_0", kGemmN, kGemmK);
+  std::vector<float> w(static_cast<size_t>(kGemmN * kGemmK));
+  (void)qforge::dequantize(q, w.data());
+  std::vector<float> x(static_cast<size_t>(m * kGemmK), 0.25f), y(static_cast<size_t>(m * kGemmN));
+  for (auto _ : state) {
+    qforge::matmul_f32_wt(x.data(), m, w.data(), kGemmN, kGemmK, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flop = 2.0 * static_cast<double>(m * kGemmN * kGemmK);
+  state.counters["GFLOP/s"] = benchmark::Counter(flop / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Gemm(benchmark::State& state, std::string scheme) {
+  set_threads();
+  const int64_t m = state.range(0);
+  KernelMatrix km = KernelMatrix::create(make_weight(scheme, kGemmN, kGemmK)).value();
+  std::vector<float> x(static_cast<size_t>(m * kGemmK), 0.25f), y(static_cast<size_t>(m * kGemmN));
+  for (auto _ : state) {
+    km.matmul(x.data(), m, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  const double flop = 2.0 * static_cast<double>(m * kGemmN * kGemmK);
+  state.counters["GFLOP/s"] = benchmark::Counter(flop / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  const auto it = g_sgemm_flops.find(m);
+  state.counters["of_sgemm"] = benchmark::Counter(it != g_sgemm_flops.end() && it->second > 0 ? flop / it->second : 0,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(qforge::kernels::isa_name(km.variant_for(qforge::kernels::active_isa())));
+}
+
+const char* kGemvSchemes[] = {"q4_0", "q4_k", "q8_0", "q6_k", "int8-ch-sym", "int4-g128-asym", "f16", "bf16"};
+const char* kGemmSchemes[] = {"q4_0", "q4_k", "q8_0", "q6_k", "int8-ch-sym", "int4-g128-asym", "f16"};
+
+// Bandwidth and sgemm rates for the fractions: measured once before the registered benchmarks
+// (Google Benchmark gives a benchmark no access to another's result).
+void measure_baselines() {
+  set_threads();
+  {
+    const size_t bytes = size_t{1} << 30, n = bytes / sizeof(uint64_t);
+    std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) buf[i] = i;
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      uint64_t sum = 0;
+      const double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+      for (size_t i = 0; i < n; ++i) sum += buf[i];
+      const double t = omp_get_wtime() - t0;
+      benchmark::DoNotOptimize(sum);
+      best = std::max(best, static_cast<double>(bytes) / t);
+    }
+    g_read_bandwidth = best;
+  }
+  qforge::QuantizedTensor q = make_weight("q8_0", kGemmN, kGemmK);
+  std::vector<float> w(static_cast<size_t>(kGemmN * kGemmK));
+  (void)qforge::dequantize(q, w.data());
+  for (int64_t m : {64, 128, 256, 512}) {
+    std::vector<float> x(static_cast<size_t>(m * kGemmK), 0.25f), y(static_cast<size_t>(m * kGemmN));
+    qforge::matmul_f32_wt(x.data(), m, w.data(), kGemmN, kGemmK, y.data());  // warm-up
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+      const double t0 = omp_get_wtime();
+      qforge::matmul_f32_wt(x.data(), m, w.data(), kGemmN, kGemmK, y.data());
+      best = std::max(best, 2.0 * static_cast<double>(m * kGemmN * kGemmK) / (omp_get_wtime() - t0));
+    }
+    g_sgemm_flops[m] = best;
+  }
+  std::printf("threads %d, kernels %s; read bandwidth %.2f GB/s (best of 5 over 1 GiB); sgemm GFLOP/s:", bench_threads(),
+              qforge::kernels::isa_name(qforge::kernels::active_isa()), g_read_bandwidth / 1e9);
+  for (const auto& [m, f] : g_sgemm_flops) std::printf(" M=%lld %.1f", static_cast<long long>(m), f / 1e9);
+  std::printf("\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  measure_baselines();
+  benchmark::RegisterBenchmark("BM_ReadBandwidth", BM_ReadBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
+  const int64_t shapes[][2] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+  for (const char* s : kGemvSchemes)
+    for (const auto& shape : shapes)
+      benchmark::RegisterBenchmark(
+          (std::string("BM_Gemv/") + s + "/" + std::to_string(shape[0]) + "x" + std::to_string(shape[1])).c_str(),
+          BM_Gemv, std::string(s), shape[0], shape[1])
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("BM_Sgemm", BM_Sgemm)->RangeMultiplier(2)->Range(64, 512)->UseRealTime()->Unit(benchmark::kMillisecond);
+  for (const char* s : kGemmSchemes)
+    benchmark::RegisterBenchmark((std::string("BM_Gemm/") + s).c_str(), BM_Gemm, std::string(s))
+        ->RangeMultiplier(2)
+        ->Range(64, 512)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

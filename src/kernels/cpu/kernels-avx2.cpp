@@ -1,0 +1,386 @@
+// AVX2 + FMA + F16C kernels. Integer-dot formats use maddubs (u8 x s8 -> s16 pairs, which cannot
+// saturate here: |pair| <= 2 * 128 * 127) and madd with ones (-> s32); one f32 FMA per block applies
+// the two scales. Float-activation formats widen the weights to f32 and FMA.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include <cstring>
+
+#include "kernels/cpu/tile_driver.h"
+
+namespace qforge::kernels {
+namespace {
+namespace gg = formats::gguf;
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline int hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// 16 bytes of nibbles -> 32 bytes: byte j = low nibble of byte j, byte 16 + j = its high nibble.
+inline __m256i unpack_nibbles(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+}
+
+// Sum over pairs of u8 * s8 into 8 s32 lanes.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+inline __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+template <class Block, int R>
+inline void row_ptrs(const WeightView& w, int64_t r, const Block* (&out)[R]) {
+  for (int i = 0; i < R; ++i) out[i] = reinterpret_cast<const Block*>(w.data + (r + i) * w.row_stride);
+}
+template <class Block, int T>
+inline void act_ptrs(const uint8_t* act, size_t as, const Block* (&out)[T]) {
+  for (int t = 0; t < T; ++t) out[t] = reinterpret_cast<const Block*>(act + t * as);
+}
+
+// ---- Q8_0 x q8_32 --------------------------------------------------------------------------------
+struct Q8_0 {
+  static constexpr int kGemvRows = 4, kGemmRows = 2;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const gg::BlockQ8_0* wr[R];
+    const ActQ8Block* ar[T];
+    row_ptrs(w, r, wr);
+    act_ptrs(act, as, ar);
+    __m256 acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+    const int64_t nb = w.cols / 32;
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R], wabs[R];
+      __m256 wd[R];
+      for (int i = 0; i < R; ++i) {
+        wq[i] = loadu256(wr[i][b].qs);
+        wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
+        wd[i] = _mm256_set1_ps(h2f(wr[i][b].d));
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i aq = loadu256(ar[t][b].qs);
+        const __m256 ad = _mm256_set1_ps(ar[t][b].d);
+        for (int i = 0; i < R; ++i) {
+          const __m256i s = dot_u8s8(wabs[i], _mm256_sign_epi8(aq, wq[i]));
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(wd[i], ad), acc[i][t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]);
+  }
+};
+
+// ---- Q4_0 x q8_32: sum (q - 8) a = sum q a - 8 sum a, the second from the block's s ------------
+struct Q4_0 {
+  static constexpr int kGemvRows = 4, kGemmRows = 2;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const gg::BlockQ4_0* wr[R];
+    const ActQ8Block* ar[T];
+    row_ptrs(w, r, wr);
+    act_ptrs(act, as, ar);
+    __m256 acc[R][T];
+    float off[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
+    const int64_t nb = w.cols / 32;
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R];
+      float wdf[R];
+      for (int i = 0; i < R; ++i) {
+        wq[i] = unpack_nibbles(wr[i][b].qs);
+        wdf[i] = h2f(wr[i][b].d);
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i aq = loadu256(ar[t][b].qs);
+        const float ad = ar[t][b].d, asum = ar[t][b].s;
+        for (int i = 0; i < R; ++i) {
+          const __m256i s = dot_u8s8(wq[i], aq);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(wdf[i] * ad), acc[i][t]);
+          off[i][t] = std::fma(wdf[i], asum, off[i][t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = std::fma(-8.0f, off[i][t], hsum(acc[i][t]));
+  }
+};
+
+// ---- Q4_K x Q8_K ------------------------------------------------------------------------------------
+struct Q4_K {
+  static constexpr int kGemvRows = 2, kGemmRows = 1;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const gg::BlockQ4_K* wr[R];
+    const gg::BlockQ8_K* ar[T];
+    row_ptrs(w, r, wr);
+    act_ptrs(act, as, ar);
+    __m256 acc[R][T];
+    float off[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
+    const int64_t nb = w.cols / gg::kQK_K;
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t sc[R][8], mn[R][8];
+      for (int i = 0; i < R; ++i)
+        for (int s = 0; s < 8; ++s) gg::unpack_scale_min_k4(s, wr[i][b].scales, &sc[i][s], &mn[i][s]);
+      __m256i isum[R][T];
+      for (int i = 0; i < R; ++i)
+        for (int t = 0; t < T; ++t) isum[i][t] = _mm256_setzero_si256();
+      for (int j = 0; j < 4; ++j) {
+        __m256i lo[R], hi[R], slo[R], shi[R];
+        for (int i = 0; i < R; ++i) {
+          const __m256i q = loadu256(wr[i][b].qs + 32 * j);
+          lo[i] = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+          hi[i] = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+          slo[i] = _mm256_set1_epi16(sc[i][2 * j]);
+          shi[i] = _mm256_set1_epi16(sc[i][2 * j + 1]);
+        }
+        for (int t = 0; t < T; ++t) {
+          const __m256i a0 = loadu256(ar[t][b].qs + 64 * j);
+          const __m256i a1 = loadu256(ar[t][b].qs + 64 * j + 32);
+          for (int i = 0; i < R; ++i) {
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[i], a0), slo[i]);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[i], a1), shi[i]);
+            isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_add_epi32(p0, p1));
+          }
+        }
+      }
+      for (int i = 0; i < R; ++i) {
+        const float d = h2f(wr[i][b].d), dmin = h2f(wr[i][b].dmin);
+        for (int t = 0; t < T; ++t) {
+          const int16_t* bs = ar[t][b].bsums;
+          int msum = 0;
+          for (int s = 0; s < 8; ++s) msum += mn[i][s] * (bs[2 * s] + bs[2 * s + 1]);
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), _mm256_set1_ps(d * ar[t][b].d), acc[i][t]);
+          off[i][t] = std::fma(dmin * ar[t][b].d, static_cast<float>(msum), off[i][t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]) - off[i][t];
+  }
+};
+
+// ---- Q6_K x Q8_K: sum sc (q - 32) a = sum sc q a - 32 sum sc bsum ---------------------------------
+struct Q6_K {
+  static constexpr int kGemvRows = 2, kGemmRows = 1;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const gg::BlockQ6_K* wr[R];
+    const gg::BlockQ8_K* ar[T];
+    row_ptrs(w, r, wr);
+    act_ptrs(act, as, ar);
+    __m256 acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const int64_t nb = w.cols / gg::kQK_K;
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i isum[R][T];
+      __m256i scw[R];
+      for (int i = 0; i < R; ++i) {
+        scw[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[i][b].scales)));
+        for (int t = 0; t < T; ++t) {
+          // -32 * sum_s sc_s * bsum_s, exact in int32.
+          const __m256i m = _mm256_madd_epi16(scw[i], loadu256(ar[t][b].bsums));
+          isum[i][t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 5));
+        }
+      }
+      for (int n = 0; n < 2; ++n) {
+        for (int g = 0; g < 4; ++g) {
+          __m256i q[R], s[R];
+          for (int i = 0; i < R; ++i) {
+            const __m256i ql = loadu256(wr[i][b].ql + 64 * n + 32 * (g & 1));
+            const __m256i qh = loadu256(wr[i][b].qh + 32 * n);
+            const __m256i low = _mm256_and_si256(g >> 1 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+            const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2);
+            q[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+            const int k = 8 * n + 2 * g;
+            s[i] = _mm256_set_m128i(_mm_set1_epi16(wr[i][b].scales[k + 1]), _mm_set1_epi16(wr[i][b].scales[k]));
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m256i a = loadu256(ar[t][b].qs + 128 * n + 32 * g);
+            for (int i = 0; i < R; ++i)
+              isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
+          }
+        }
+      }
+      for (int i = 0; i < R; ++i) {
+        const float d = h2f(wr[i][b].d);
+        for (int t = 0; t < T; ++t)
+          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), _mm256_set1_ps(d * ar[t][b].d), acc[i][t]);
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]);
+  }
+};
+
+// ---- int8 W8A8: exact int32 dot, then scale_w * scale_x ------------------------------------------
+struct Int8 {
+  static constexpr int kGemvRows = 4, kGemmRows = 2;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const uint8_t* wr[R];
+    const uint8_t* ar[T];
+    for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    for (int t = 0; t < T; ++t) ar[t] = act + t * as;
+    __m256i acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_si256();
+    const int64_t padded = (w.cols + 31) / 32 * 32;
+    for (int64_t c = 0; c < padded; c += 32) {
+      __m256i wq[R], wabs[R];
+      for (int i = 0; i < R; ++i) {
+        wq[i] = loadu256(wr[i] + kRowHeader + c);
+        wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);  // -128 stays 0x80 = 128 as u8: still exact
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i aq = loadu256(ar[t] + kRowHeader + c);
+        for (int i = 0; i < R; ++i)
+          acc[i][t] = _mm256_add_epi32(acc[i][t], dot_u8s8(wabs[i], _mm256_sign_epi8(aq, wq[i])));
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) {
+        float sw, sa;
+        std::memcpy(&sw, wr[i], sizeof sw);
+        std::memcpy(&sa, ar[t], sizeof sa);
+        y[t * ldy + i] = sw * sa * static_cast<float>(hsum_i32(acc[i][t]));
+      }
+  }
+};
+
+// ---- int4 asymmetric groups x f32: y = sum_g s_g (sum q x - z_g X_g) -----------------------------
+struct Int4 {
+  static constexpr int kGemvRows = 2, kGemmRows = 1;
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const int64_t groups = w.cols / w.group;
+    const float* params[R];
+    const uint8_t* qs[R];
+    const float* x[T];
+    for (int i = 0; i < R; ++i) {
+      params[i] = reinterpret_cast<const float*>(w.data + (r + i) * w.row_stride);
+      qs[i] = w.data + (r + i) * w.row_stride + 8 * groups;
+    }
+    for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
+    __m256 acc[R][T];
+    float off[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 gacc[R][T];
+      for (int i = 0; i < R; ++i)
+        for (int t = 0; t < T; ++t) gacc[i][t] = _mm256_setzero_ps();
+      for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32) {
+        __m256 wf[R][4];
+        for (int i = 0; i < R; ++i) {
+          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs[i] + c / 2));
+          const __m128i lo = _mm_and_si128(bytes, m4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
+          wf[i][0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+          wf[i][1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+          wf[i][2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+          wf[i][3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+        }
+        for (int t = 0; t < T; ++t)
+          for (int k = 0; k < 4; ++k) {
+            const __m256 xv = _mm256_loadu_ps(x[t] + c + 8 * k);
+            for (int i = 0; i < R; ++i) gacc[i][t] = _mm256_fmadd_ps(wf[i][k], xv, gacc[i][t]);
+          }
+      }
+      for (int i = 0; i < R; ++i) {
+        const float s = params[i][2 * g], z = params[i][2 * g + 1];
+        for (int t = 0; t < T; ++t) {
+          acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(s), gacc[i][t], acc[i][t]);
+          off[i][t] = std::fma(s * z, x[t][w.cols + g], off[i][t]);
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]) - off[i][t];
+  }
+};
+
+// ---- f16 / bf16 x f32 ------------------------------------------------------------------------------
+template <bool kBf16>
+struct Half {
+  static constexpr int kGemvRows = 4, kGemmRows = 2;
+  static __m256 load8(const uint8_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (kBf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else return _mm256_cvtph_ps(h);
+  }
+  static float load1(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    if constexpr (kBf16) {
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    } else {
+      return h2f(h);
+    }
+  }
+  template <int R, int T>
+  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+    const uint8_t* wr[R];
+    const float* x[T];
+    for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
+    __m256 acc[R][T];
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+    const int64_t body = w.cols / 8 * 8;
+    for (int64_t c = 0; c < body; c += 8) {
+      __m256 wv[R];
+      for (int i = 0; i < R; ++i) wv[i] = load8(wr[i] + 2 * c);
+      for (int t = 0; t < T; ++t) {
+        const __m256 xv = _mm256_loadu_ps(x[t] + c);
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int t = 0; t < T; ++t) {
+        float s = hsum(acc[i][t]);
+        for (int64_t c = body; c < w.cols; ++c) s = std::fma(load1(wr[i] + 2 * c), x[t][c], s);
+        y[t * ldy + i] = s;
+      }
+  }
+};
+
+}  // namespace
+
+void register_avx2_kernels() {
+  const int a = static_cast<int>(Isa::avx2);
+  registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver<Q8_0>;
+  registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver<Q4_0>;
+  registry_entry(FormatId::gguf_q4_k)->tile[a] = tile_driver<Q4_K>;
+  registry_entry(FormatId::gguf_q6_k)->tile[a] = tile_driver<Q6_K>;
+  registry_entry(FormatId::int_sym)->tile[a] = tile_driver<Int8>;
+  registry_entry(FormatId::int_asym)->tile[a] = tile_driver<Int4>;
+  registry_entry(FormatId::f16)->tile[a] = tile_driver<Half<false>>;
+  registry_entry(FormatId::bf16)->tile[a] = tile_driver<Half<true>>;
+}
+
+}  // namespace qforge::kernels
