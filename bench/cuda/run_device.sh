@@ -17,10 +17,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -1
 ldd "$d/bench_cuda" | grep 'not found'
 if [ $run_test = 1 ]; then
-  "$d/test_cuda_kernels" >"$out/test.log" 2>&1; echo "test rc=$?"
+  timeout 240 "$d/test_cuda_kernels" >"$out/test.log" 2>&1; echo "test rc=$?"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED|Failure|error' "$out/test.log" | head -30
   grep -E '^\[       OK \]' "$out/test.log"
-  timeout 240 compute-sanitizer --tool memcheck --leak-check no "$d/test_cuda_kernels" \
+  timeout 120 compute-sanitizer --tool memcheck --leak-check no "$d/test_cuda_kernels" \
     --gtest_filter='CudaW4A16.Small*:CudaW8A8.Small*:CudaDequant.*' >"$out/memcheck.log" 2>&1
   echo "memcheck rc=$?"; tail -3 "$out/memcheck.log"
 fi

@@ -123,13 +123,20 @@ Status w8a8_gemm_quantized(Context& ctx, const W8A8Weights& w, const void* x_q, 
                            void* y_bf16, int64_t m);
 // The int32 accumulators alone (y_i32 [M, N]), for exactness checks.
 Status w8a8_gemm_int32(Context& ctx, const W8A8Weights& w, const void* x_q, void* y_i32, int64_t m);
-// quantize_rows_int8 + w8a8_gemm_quantized using the Context's workspace.
-Status w8a8_gemm(Context& ctx, const W8A8Weights& w, const void* x_bf16, void* y_bf16, int64_t m);
+// Which GEMM w8a8_gemm runs after quantizing the activations: fused = the mma.sync kernel with
+// the dequantization in its epilogue (w8a8_gemm_quantized); cublas = cuBLAS's int8 tensor-core
+// GEMM to int32 followed by a dequantizing pass (faster on H100, see docs/BENCHMARKS.md; needs
+// N, K multiples of 4); automatic = cublas where it applies.
+enum class W8A8Path : uint8_t { automatic = 0, fused = 1, cublas = 2 };
+// quantize_rows_int8 + the GEMM, using the Context's workspace.
+Status w8a8_gemm(Context& ctx, const W8A8Weights& w, const void* x_bf16, void* y_bf16, int64_t m,
+                 W8A8Path path = W8A8Path::automatic);
 
 // ---------------------------------------------------------------- FP8 E4M3
-// Weights "fp8-e4m3-tensor" or "fp8-e4m3" (per channel); activations quantized to E4M3 with the
-// same granularity (per tensor, or per token for per-channel weights); the GEMM runs through
-// cuBLASLt's FP8 tensor-core kernels with the scales applied in its epilogue (bf16 out).
+// Weights "fp8-e4m3-tensor" or "fp8-e4m3-ch"; activations quantized to E4M3 with the same
+// granularity (per tensor, or per token for per-channel weights); the GEMM runs through cuBLASLt's
+// FP8 tensor-core kernels (bf16 out): per-tensor scales in its epilogue, per-row/per-token scales
+// in a following in-place pass (cuBLASLt 13.0 has no outer-vector scaling on sm_90).
 struct Fp8Weights {
   int64_t n = 0, k = 0;
   bool per_row = false;

@@ -79,6 +79,23 @@ __global__ void __launch_bounds__(256) quantize_fp8_kernel(const __nv_bfloat16* 
   }
 }
 
+// y[m, n] *= x_scale[m] * w_scale[n] on bf16 values, 8 per thread (N % 8 == 0).
+__global__ void scale_rows_cols_kernel(__nv_bfloat16* __restrict__ y, const float* __restrict__ xs,
+                                       const float* __restrict__ ws, int64_t M, int64_t N) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+  if (i >= M * N) return;
+  const int64_t m = i / N, n = i % N;
+  uint4 v = *reinterpret_cast<const uint4*>(y + i);
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+  const float sx = xs[m];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    h[j] = __floats2bfloat162_rn(f.x * (sx * ws[n + 2 * j]), f.y * (sx * ws[n + 2 * j + 1]));
+  }
+  *reinterpret_cast<uint4*>(y + i) = v;
+}
+
 Status make_plan(Context::Impl& c, int64_t m, int64_t n, int64_t k, bool per_row, LtPlan* plan) {
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   QFORGE_CUBLAS_TRY(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -86,11 +103,10 @@ Status make_plan(Context::Impl& c, int64_t m, int64_t n, int64_t k, bool per_row
   QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
   const int8_t fast = 1;  // FP8 fast accumulation, as inference engines run it
   QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
-  if (per_row) {
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
-    QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
-  }
+  // Per-row scales: cuBLASLt 13.0 answers CUBLAS_STATUS_INVALID_VALUE for outer-vector scale
+  // modes on sm_90 (measured on an H100), so the product is written unscaled and
+  // scale_rows_cols_kernel applies x_scale[m] * w_scale[n] in place.
+  (void)per_row;
   // Column-major view: D^T [N, M] = W [N, K] (stored K x N, transposed) * X^T (stored K x M).
   QFORGE_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_8F_E4M3, static_cast<uint64_t>(k), static_cast<uint64_t>(n), k));
   QFORGE_CUBLAS_TRY(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_8F_E4M3, static_cast<uint64_t>(k), static_cast<uint64_t>(m), k));
@@ -106,8 +122,7 @@ Status make_plan(Context::Impl& c, int64_t m, int64_t n, int64_t k, bool per_row
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     return unsupported(std::string("fp8_gemm: cuBLASLt offers no FP8 kernel for M=") + std::to_string(m) + " N=" +
-                       std::to_string(n) + " K=" + std::to_string(k) + (per_row ? " with per-row (outer vector) scales" : "") +
-                       " on this GPU/library (" + cublasGetStatusName(st) + ")");
+                       std::to_string(n) + " K=" + std::to_string(k) + " on this GPU/library (" + cublasGetStatusName(st) + ")");
   plan->algo = res.algo;
   plan->ok = true;
   return Status::ok();
@@ -167,13 +182,21 @@ Status fp8_gemm(Context& ctx, const Fp8Weights& w, const void* x_bf16, void* y_b
   }
   LtPlan& plan = it->second;
   if (!plan.ok) return unsupported("fp8_gemm: no cuBLASLt FP8 kernel for this shape (see the first error)");
-  const void* wscale = w.scales.data();
-  const void* xscale = xs;
-  QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale));
-  QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xscale, sizeof xscale));
+  if (!w.per_row) {
+    const void* wscale = w.scales.data();
+    const void* xscale = xs;
+    QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale));
+    QFORGE_CUBLAS_TRY(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xscale, sizeof xscale));
+  }
   const float alpha = 1.f, beta = 0.f;
   QFORGE_CUBLAS_TRY(cublasLtMatmul(c.lt, plan.desc, &alpha, w.codes.data(), plan.a, xq, plan.b, &beta, y_bf16, plan.d,
                                    y_bf16, plan.d, &plan.algo, c.lt_workspace, c.lt_workspace_bytes, c.stream));
+  if (w.per_row) {
+    const int64_t total = m * w.n / 8;
+    scale_rows_cols_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, c.stream>>>(
+        static_cast<__nv_bfloat16*>(y_bf16), xs, static_cast<const float*>(w.scales.data()), m, w.n);
+    QFORGE_CUDA_LAUNCHED("scale_rows_cols_kernel");
+  }
   return Status::ok();
 }
 

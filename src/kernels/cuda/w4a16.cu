@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
   using T2 = typename Half2<T>::type;
   constexpr int kTok = 8 * MT;
   constexpr int kRow = kU * 64 + 8;  // padded smem row (halves): conflict-free 16-byte reads
-  __shared__ __align__(16) T xs[kTok * kRow];
+  __shared__ __align__(16) T xs[MT <= 2 ? 8 : kTok * kRow];
   __shared__ unsigned s_last;
 
   const int KT = K / 64, G = K / 128, NT = N / 16;
@@ -91,65 +91,139 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
     }
   };
 
-  if (warp_active && c_beg < c_end) load_step(c_beg, a_cur, s_cur, z_cur);
-
-  for (int c = c_beg; c < c_end; ++c) {
-    __syncthreads();
-    // Stage this step's activations: kTok tokens x kU*64 columns.
-    for (int i = threadIdx.x; i < kTok * kU * 8; i += kThreads) {
-      const int row = i / (kU * 8), col = (i % (kU * 8)) * 8;
-      const int tok = m0 + row, kk = c * kU * 64 + col;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (tok < M && kk < K) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * K + kk));
-      *reinterpret_cast<uint4*>(xs + row * kRow + col) = v;
-    }
-    __syncthreads();
-    if (!warp_active) continue;
-
-    uint4 a_nxt[kU][RT];
-    uint32_t s_nxt[kU][RT], z_nxt[kU][RT];
-    if (c + 1 < c_end) load_step(c + 1, a_nxt, s_nxt, z_nxt);
-
+  // Decode-sized M: the activations go straight from global memory (L1/L2 hits: every warp of
+  // the block reads the same columns) into B-fragment registers, prefetched one step ahead with
+  // the weights, so the loop has no barrier and no shared-memory round trip.
+  constexpr bool kDirect = MT <= 2;
+  if constexpr (kDirect) {
+    auto load_b = [&](int c, uint4 (&b)[kU][MT][2]) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      if (c * kU + u >= KT) break;
-      uint32_t af[RT][4][4];
+      for (int u = 0; u < kU; ++u) {
+        const int kt = c * kU + u;
 #pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
-        const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
-        const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
-        const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t w = w4[j];
-          const uint32_t m = Half2<T>::kMagic;
-          af[r][j][0] = as_u32(__hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg));
-          af[r][j][1] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh));
-          af[r][j][2] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg));
-          af[r][j][3] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh));
+        for (int mt = 0; mt < MT; ++mt) {
+          const int tok = m0 + mt * 8 + g;
+          if (kt < KT && tok < M) {
+            const uint4* p = reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * K + kt * 64 + 16 * t);
+            b[u][mt][0] = __ldg(p);
+            b[u][mt][1] = __ldg(p + 1);
+          } else {
+            b[u][mt][0] = make_uint4(0, 0, 0, 0);
+            b[u][mt][1] = make_uint4(0, 0, 0, 0);
+          }
         }
       }
+    };
+    if (warp_active && c_beg < c_end) {
+      load_step(c_beg, a_cur, s_cur, z_cur);
+      for (int c = c_beg; c < c_end; ++c) {
+        uint4 a_nxt[kU][RT];
+        uint32_t s_nxt[kU][RT], z_nxt[kU][RT];
+        if (c + 1 < c_end) load_step(c + 1, a_nxt, s_nxt, z_nxt);
+        // Activations of this step: L1 hits after the first warp (not worth prefetch registers).
+        uint4 b_cur[kU][MT][2];
+        load_b(c, b_cur);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const T* xr = xs + (mt * 8 + g) * kRow + u * 64 + 16 * t;
-        const uint4 b0 = *reinterpret_cast<const uint4*>(xr);
-        const uint4 b1 = *reinterpret_cast<const uint4*>(xr + 8);
-        const uint32_t bw[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        for (int u = 0; u < kU; ++u) {
+          if (c * kU + u >= KT) break;
 #pragma unroll
-        for (int r = 0; r < RT; ++r)
+          for (int r = 0; r < RT; ++r) {
+            uint32_t af[4][4];
+            const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
+            const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
+            const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
+            const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
 #pragma unroll
-          for (int j = 0; j < 4; ++j) mma_16816<T>(acc[r][mt], af[r][j], bw[2 * j], bw[2 * j + 1]);
+            for (int jj = 0; jj < 4; ++jj) {
+              const uint32_t w = w4[jj];
+              const uint32_t m = Half2<T>::kMagic;
+              af[jj][0] = as_u32(__hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg));
+              af[jj][1] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh));
+              af[jj][2] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg));
+              af[jj][3] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh));
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              const uint32_t bw[8] = {b_cur[u][mt][0].x, b_cur[u][mt][0].y, b_cur[u][mt][0].z, b_cur[u][mt][0].w,
+                                      b_cur[u][mt][1].x, b_cur[u][mt][1].y, b_cur[u][mt][1].z, b_cur[u][mt][1].w};
+#pragma unroll
+              for (int jj = 0; jj < 4; ++jj) mma_16816<T>(acc[r][mt], af[jj], bw[2 * jj], bw[2 * jj + 1]);
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+#pragma unroll
+          for (int r = 0; r < RT; ++r) {
+            a_cur[u][r] = a_nxt[u][r];
+            s_cur[u][r] = s_nxt[u][r];
+            z_cur[u][r] = z_nxt[u][r];
+          }
+        }
       }
     }
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        a_cur[u][r] = a_nxt[u][r];
-        s_cur[u][r] = s_nxt[u][r];
-        z_cur[u][r] = z_nxt[u][r];
+  } else {
+    if (warp_active && c_beg < c_end) load_step(c_beg, a_cur, s_cur, z_cur);
+
+    for (int c = c_beg; c < c_end; ++c) {
+      __syncthreads();
+      // Stage this step's activations: kTok tokens x kU*64 columns.
+      for (int i = threadIdx.x; i < kTok * kU * 8; i += kThreads) {
+        const int row = i / (kU * 8), col = (i % (kU * 8)) * 8;
+        const int tok = m0 + row, kk = c * kU * 64 + col;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (tok < M && kk < K) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * K + kk));
+        *reinterpret_cast<uint4*>(xs + row * kRow + col) = v;
       }
+      __syncthreads();
+      if (!warp_active) continue;
+
+      uint4 a_nxt[kU][RT];
+      uint32_t s_nxt[kU][RT], z_nxt[kU][RT];
+      if (c + 1 < c_end) load_step(c + 1, a_nxt, s_nxt, z_nxt);
+
+  #pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (c * kU + u >= KT) break;
+        uint32_t af[RT][4][4];
+  #pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
+          const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
+          const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
+          const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
+  #pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const uint32_t w = w4[j];
+            const uint32_t m = Half2<T>::kMagic;
+            af[r][j][0] = as_u32(__hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg));
+            af[r][j][1] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh));
+            af[r][j][2] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg));
+            af[r][j][3] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh));
+          }
+        }
+  #pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const T* xr = xs + (mt * 8 + g) * kRow + u * 64 + 16 * t;
+          const uint4 b0 = *reinterpret_cast<const uint4*>(xr);
+          const uint4 b1 = *reinterpret_cast<const uint4*>(xr + 8);
+          const uint32_t bw[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+  #pragma unroll
+          for (int r = 0; r < RT; ++r)
+  #pragma unroll
+            for (int j = 0; j < 4; ++j) mma_16816<T>(acc[r][mt], af[r][j], bw[2 * j], bw[2 * j + 1]);
+        }
+      }
+  #pragma unroll
+      for (int u = 0; u < kU; ++u)
+  #pragma unroll
+        for (int r = 0; r < RT; ++r) {
+          a_cur[u][r] = a_nxt[u][r];
+          s_cur[u][r] = s_nxt[u][r];
+          z_cur[u][r] = z_nxt[u][r];
+        }
+    }
+
   }
 
   // Epilogue. C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens).

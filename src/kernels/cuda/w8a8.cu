@@ -159,6 +159,21 @@ __global__ void __launch_bounds__(256) quantize_rows_int8_kernel(const __nv_bflo
   }
 }
 
+// y[m, n] = bf16(acc[m, n] * x_scale[m] * w_scale[n]), 4 per thread (N % 4 == 0): the epilogue
+// of the cuBLAS path, one pass over the int32 accumulators.
+__global__ void dequant_acc_kernel(const int* __restrict__ acc, const float* __restrict__ xs, const float* __restrict__ ws,
+                                   __nv_bfloat16* __restrict__ y, int64_t M, int64_t N) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= M * N) return;
+  const int64_t m = i / N, n = i % N;
+  const int4 a = *reinterpret_cast<const int4*>(acc + i);
+  const float sx = xs[m];
+  const float4 sw = *reinterpret_cast<const float4*>(ws + n);
+  __nv_bfloat162 out[2] = {__floats2bfloat162_rn(static_cast<float>(a.x) * sx * sw.x, static_cast<float>(a.y) * sx * sw.y),
+                           __floats2bfloat162_rn(static_cast<float>(a.z) * sx * sw.z, static_cast<float>(a.w) * sx * sw.w)};
+  *reinterpret_cast<uint2*>(y + i) = *reinterpret_cast<const uint2*>(out);
+}
+
 Status check(const W8A8Weights& w, int64_t m, const char* fn) {
   if (w.n <= 0 || w.k <= 0 || w.k % kBK || w.n % 2)
     return invalid_argument(std::string(fn) + ": weight [" + std::to_string(w.n) + ", " + std::to_string(w.k) +
@@ -238,15 +253,33 @@ Status w8a8_gemm_int32(Context& ctx, const W8A8Weights& w, const void* x_q, void
   return launch<true>(ctx.impl(), w, x_q, nullptr, y_i32, m);
 }
 
-Status w8a8_gemm(Context& ctx, const W8A8Weights& w, const void* x_bf16, void* y_bf16, int64_t m) {
+Status w8a8_gemm(Context& ctx, const W8A8Weights& w, const void* x_bf16, void* y_bf16, int64_t m, W8A8Path path) {
   QFORGE_RETURN_IF_ERROR(check(w, m, "w8a8_gemm"));
   Context::Impl& c = ctx.impl();
   const size_t qbytes = (static_cast<size_t>(m * w.k) + 255) / 256 * 256;
-  QFORGE_RETURN_IF_ERROR(c.ensure_scratch(qbytes + static_cast<size_t>(m) * sizeof(float)));
+  const size_t sbytes = (static_cast<size_t>(m) * sizeof(float) + 255) / 256 * 256;
+  const bool cublas_ok = w.n % 4 == 0 && w.k % 4 == 0;
+  if (path == W8A8Path::automatic) path = cublas_ok ? W8A8Path::cublas : W8A8Path::fused;
+  if (path == W8A8Path::cublas && !cublas_ok)
+    return invalid_argument("w8a8_gemm: the cuBLAS path needs N and K multiples of 4");
+  const size_t abytes = path == W8A8Path::cublas ? static_cast<size_t>(m * w.n) * 4 : 0;
+  QFORGE_RETURN_IF_ERROR(c.ensure_scratch(qbytes + sbytes + abytes));
   void* xq = c.scratch;
-  void* xs = static_cast<char*>(c.scratch) + qbytes;
+  auto* xs = reinterpret_cast<float*>(static_cast<char*>(c.scratch) + qbytes);
   QFORGE_RETURN_IF_ERROR(quantize_rows_int8(ctx, x_bf16, m, w.k, xq, xs));
-  return launch<false>(c, w, xq, xs, y_bf16, m);
+  if (path == W8A8Path::fused) return launch<false>(c, w, xq, xs, y_bf16, m);
+  // cuBLAS's int8 tensor-core GEMM (Hopper kernels) to int32, then the dequantizing epilogue.
+  int* acc = reinterpret_cast<int*>(static_cast<char*>(c.scratch) + qbytes + sbytes);
+  const int32_t one = 1, zero = 0;
+  QFORGE_CUBLAS_TRY(cublasGemmEx(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.n), static_cast<int>(m),
+                                 static_cast<int>(w.k), &one, w.q.data(), CUDA_R_8I, static_cast<int>(w.k), xq, CUDA_R_8I,
+                                 static_cast<int>(w.k), &zero, acc, CUDA_R_32I, static_cast<int>(w.n), CUBLAS_COMPUTE_32I,
+                                 CUBLAS_GEMM_DEFAULT));
+  const int64_t total = m * w.n / 4;
+  dequant_acc_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, c.stream>>>(
+      acc, xs, static_cast<const float*>(w.scales.data()), static_cast<__nv_bfloat16*>(y_bf16), m, w.n);
+  QFORGE_CUDA_LAUNCHED("dequant_acc_kernel");
+  return Status::ok();
 }
 
 }  // namespace qforge::cuda
