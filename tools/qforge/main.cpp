@@ -8,6 +8,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "quantize_calibrated.h"
 #include "qforge/progress.h"
 
 int main(int argc, char** argv) {
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   add_eval_command(app, &exit_code);
   add_run_command(app, &exit_code);
   add_bench_command(app, &exit_code);
+  add_imatrix_command(app, &exit_code);  // cmd_imatrix.cpp
 
   set_command_line(argc, argv);
   qforge::install_interrupt_handler();
