@@ -57,4 +57,19 @@ class Imatrix {
   std::map<std::string, ImatrixEntry> entries_;
 };
 
+// Accumulated squared activations of one weight tensor, as llama-imatrix collects them.
+struct ImatrixSums {
+  std::vector<float> in_sum2;  // n_mat * n_cols: Σ x² per input column over the tokens seen
+  std::vector<float> counts;   // n_mat: tokens seen
+  int64_t n_cols = 0;
+  int64_t n_mat = 1;
+};
+
+// Writes llama.cpp's GGUF imatrix layout (see the top of this header): general.type "imatrix",
+// imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size, then per entry (sorted by name, as
+// llama-imatrix does) "<name>.in_sum2" F32 ne {n_cols, n_mat} and "<name>.counts" F32 ne {1, n_mat}.
+// Keys are GGUF tensor names. Written atomically; values must be finite and >= 0.
+Status write_imatrix_gguf(const std::string& path, const std::map<std::string, ImatrixSums>& entries,
+                          const std::vector<std::string>& datasets, int64_t chunk_count, int64_t chunk_size);
+
 }  // namespace qforge

@@ -258,6 +258,23 @@ class Model {
   // A whole [batch, seq_len] batch from scratch: logits [batch, seq_len, vocab].
   Expected<Tensor> forward_batch(const int32_t* input_ids, int64_t batch, int64_t seq_len);
 
+  // Block-wise forward (calibration pipelines, include/qforge/ptq.h). Decoder models only.
+  // Embeds [batch, seq_len] token ids of independent sequences starting at position 0 into
+  // `hidden`, [batch * seq_len, hidden_size] floats (token plus learned position embeddings):
+  // exactly the input forward() gives layer 0.
+  Status embed_tokens(const int32_t* input_ids, int64_t batch, int64_t seq_len, std::span<float> hidden) const;
+  // Runs decoder layer `layer` in place on [batch * seq_len, hidden_size] hidden states of `batch`
+  // independent sequences of seq_len tokens at positions 0 .. seq_len - 1 (no KV cache is kept).
+  // The hooks of the layer's linear sites fire. Running layers 0 .. L-1 in turn on embed_tokens'
+  // output gives the same values forward() feeds layer L.
+  Status forward_layer(int layer, std::span<float> hidden, int64_t batch, int64_t seq_len);
+  // Mutable norm parameters of a layer's block (AWQ and SmoothQuant fold scales into them): the
+  // attention block's or the MLP block's norm (pre-norm: its input norm; post-norm: the norm after
+  // the residual). Empty spans when the model has none (no bias for RMSNorm).
+  enum class BlockNorm : uint8_t { attention = 0, mlp = 1 };
+  std::span<float> norm_weight(int layer, BlockNorm which);
+  std::span<float> norm_bias(int layer, BlockNorm which);
+
   // Encoder models (bert). attention_mask and token_type_ids may be null (all ones / all zeros).
   Expected<EncoderOutput> encode(const int32_t* input_ids, const int32_t* attention_mask,
                                  const int32_t* token_type_ids, int64_t batch, int64_t seq_len);

@@ -204,10 +204,15 @@ namespace {
 
 class Runner {
  public:
-  Runner(Model::Impl& m, const Batch& b, KVCache& cache) : m_(m), c_(m.config), b_(b), cache_(cache) {}
+  // `cache_base`: the model layer stored in the cache's layer 0 (block-wise runs keep a
+  // one-layer cache).
+  Runner(Model::Impl& m, const Batch& b, KVCache& cache, int64_t cache_base = 0)
+      : m_(m), c_(m.config), b_(b), cache_(cache), cache_base_(cache_base) {}
 
-  // x: [total, hidden] embeddings in, block outputs out (before any final norm).
-  void run_layers(float* x) {
+  // x: [total, hidden] embeddings in, block outputs out (before any final norm). Runs layers
+  // [first, last); last < 0 means through the last layer.
+  void run_layers(float* x, int64_t first = 0, int64_t last = -1) {
+    if (last < 0) last = c_.num_layers;
     const int64_t n = b_.total, H = c_.hidden_size, I = c_.intermediate_size;
     // Scratch buffers come from the model's workspace (grown, never shrunk), so repeated calls
     // of the same size do not fault in fresh pages each time.
@@ -236,7 +241,7 @@ class Runner {
     float* u = gated ? carve(I) : nullptr;
     float* qkv = c_.fused_qkv ? carve(qd + 2 * kd) : nullptr;
 
-    for (int64_t l = 0; l < c_.num_layers; ++l) {
+    for (int64_t l = first; l < last; ++l) {
       LayerWeights& L = m_.layers[static_cast<size_t>(l)];
       const int layer = static_cast<int>(l);
       // Attention block.
@@ -344,8 +349,8 @@ class Runner {
     const int64_t kd = c_.kv_dim();
     for (const Span& s : b_.spans) {
       const size_t bytes = sizeof(float) * static_cast<size_t>(s.n * kd);
-      std::memcpy(cache_.k(layer, s.sequence) + s.past * kd, k + s.row0 * kd, bytes);
-      std::memcpy(cache_.v(layer, s.sequence) + s.past * kd, v + s.row0 * kd, bytes);
+      std::memcpy(cache_.k(layer - cache_base_, s.sequence) + s.past * kd, k + s.row0 * kd, bytes);
+      std::memcpy(cache_.v(layer - cache_base_, s.sequence) + s.past * kd, v + s.row0 * kd, bytes);
     }
   }
 
@@ -386,8 +391,8 @@ class Runner {
         // Keys this block can see: causal rows up to their own position, encoder rows all.
         const int64_t keys = c_.causal ? s.past + item.row0 + item.rows : s.past + s.n;
         const float* qb = q + (s.row0 + item.row0) * qd + item.head * hd;
-        const float* kb = cache_.k(layer, s.sequence) + g * hd;
-        const float* vb = cache_.v(layer, s.sequence) + g * hd;
+        const float* kb = cache_.k(layer - cache_base_, s.sequence) + g * hd;
+        const float* vb = cache_.v(layer - cache_base_, s.sequence) + g * hd;
         float* sc = scores.data();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(item.rows), static_cast<int>(keys),
                     static_cast<int>(hd), scale, qb, static_cast<int>(qd), kb, static_cast<int>(kd), 0.0f, sc,
@@ -417,6 +422,7 @@ class Runner {
   const ModelConfig& c_;
   const Batch& b_;
   KVCache& cache_;
+  int64_t cache_base_ = 0;
 };
 
 Status check_token(int32_t id, int64_t vocab, int64_t row) {
@@ -527,6 +533,87 @@ Expected<Tensor> Model::forward_batch(const int32_t* input_ids, int64_t batch, i
   Tensor logits;
   QFORGE_RETURN_IF_ERROR(forward(chunks, cache, LogitsMode::all, &logits));
   return logits.reshape({batch, seq_len, impl_->config.vocab_size});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-wise entry points
+
+namespace {
+Status check_block_batch(const ModelConfig& c, int64_t batch, int64_t seq_len, size_t hidden_floats,
+                         const char* what) {
+  if (!c.causal) return invalid_argument(std::string(what) + ": " + architecture_name(c.arch) + " is an encoder");
+  if (batch <= 0 || seq_len <= 0 || batch > (int64_t{1} << 24) || seq_len > (int64_t{1} << 24))
+    return invalid_argument(std::string(what) + ": bad batch [" + std::to_string(batch) + ", " +
+                            std::to_string(seq_len) + "]");
+  if (c.learned_positions && seq_len > c.max_positions)
+    return out_of_range(std::string(what) + ": sequence length " + std::to_string(seq_len) + " exceeds the model's " +
+                        std::to_string(c.max_positions) + " positions");
+  const double need = static_cast<double>(batch) * static_cast<double>(seq_len) * static_cast<double>(c.hidden_size);
+  if (static_cast<double>(hidden_floats) != need)
+    return invalid_argument(std::string(what) + ": hidden buffer holds " + std::to_string(hidden_floats) +
+                            " floats, " + std::to_string(batch) + " x " + std::to_string(seq_len) + " x " +
+                            std::to_string(c.hidden_size) + " are needed");
+  return Status::ok();
+}
+}  // namespace
+
+Status Model::embed_tokens(const int32_t* input_ids, int64_t batch, int64_t seq_len, std::span<float> hidden) const {
+  const ModelConfig& c = impl_->config;
+  QFORGE_RETURN_IF_ERROR(check_block_batch(c, batch, seq_len, hidden.size(), "embed_tokens"));
+  const int64_t H = c.hidden_size;
+  std::fill(hidden.begin(), hidden.end(), 0.0f);
+  for (int64_t r = 0; r < batch * seq_len; ++r) {
+    QFORGE_RETURN_IF_ERROR(check_token(input_ids[r], c.vocab_size, r));
+    float* row = hidden.data() + r * H;
+    add_row(row, impl_->token_embedding, input_ids[r], H);
+    if (c.learned_positions) add_row(row, impl_->position_embedding, r % seq_len, H);
+  }
+  return Status::ok();
+}
+
+Status Model::forward_layer(int layer, std::span<float> hidden, int64_t batch, int64_t seq_len) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.config;
+  if (layer < 0 || layer >= c.num_layers)
+    return out_of_range("forward_layer: layer " + std::to_string(layer) + " is outside [0, " +
+                        std::to_string(c.num_layers) + ")");
+  QFORGE_RETURN_IF_ERROR(check_block_batch(c, batch, seq_len, hidden.size(), "forward_layer"));
+  Batch b;
+  b.total = batch * seq_len;
+  b.row_span.resize(static_cast<size_t>(b.total));
+  b.positions.resize(static_cast<size_t>(b.total));
+  for (int64_t bi = 0; bi < batch; ++bi) {
+    b.spans.push_back({bi, bi * seq_len, seq_len, 0});
+    for (int64_t i = 0; i < seq_len; ++i) {
+      b.row_span[static_cast<size_t>(bi * seq_len + i)] = bi;
+      b.positions[static_cast<size_t>(bi * seq_len + i)] = i;
+    }
+  }
+  // A one-layer cache: the Runner stores this layer's K/V in the cache's layer 0.
+  KVCache cache;
+  cache.num_layers_ = 1;
+  cache.max_sequences_ = batch;
+  cache.max_tokens_ = seq_len;
+  cache.kv_dim_ = c.kv_dim();
+  cache.lengths_.assign(static_cast<size_t>(batch), 0);
+  const size_t n = static_cast<size_t>(batch * seq_len * c.kv_dim());
+  cache.k_.resize(n);
+  cache.v_.resize(n);
+  Runner runner(m, b, cache, layer);
+  runner.run_layers(hidden.data(), layer, layer + 1);
+  return Status::ok();
+}
+
+std::span<float> Model::norm_weight(int layer, BlockNorm which) {
+  if (layer < 0 || static_cast<size_t>(layer) >= impl_->layers.size()) return {};
+  LayerWeights& L = impl_->layers[static_cast<size_t>(layer)];
+  return which == BlockNorm::attention ? std::span<float>(L.attn_norm_w) : std::span<float>(L.mlp_norm_w);
+}
+
+std::span<float> Model::norm_bias(int layer, BlockNorm which) {
+  if (layer < 0 || static_cast<size_t>(layer) >= impl_->layers.size()) return {};
+  LayerWeights& L = impl_->layers[static_cast<size_t>(layer)];
+  return which == BlockNorm::attention ? std::span<float>(L.attn_norm_b) : std::span<float>(L.mlp_norm_b);
 }
 
 // ---------------------------------------------------------------------------------------------

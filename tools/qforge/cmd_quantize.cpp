@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "qforge/packed.h"
 #include "qforge/parallel.h"
+#include "quantize_calibrated.h"
 
 namespace qforge::cli {
 namespace {
@@ -174,6 +175,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     int threads = 0;
     bool verbose = false;
     GgufQuantizeRequest gguf;  // --format gguf
+    CalibratedQuantizeRequest calib;  // --method / --calib
+    std::string calib_hidden = "f32";
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -215,6 +218,34 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_flag("--no-vocab", g.input_options.no_vocab, "[gguf] Write no vocabulary");
   cmd->add_option("--name", g.input_options.name, "[gguf] general.name for HF/llama2.c input");
   cmd->add_flag("--dry-run", g.dry_run, "[gguf] Print the preflight and stop");
+  // calibrated
+  CalibratedQuantizeRequest& c = opt->calib;
+  cmd->add_option("--method", c.method,
+                  "[packed] rtn (default without --calib) or gptq; with --calib the weights are quantized block by "
+                  "block on calibration data")
+      ->check(CLI::IsMember({"rtn", "gptq"}));
+  cmd->add_option("--calib", c.calib, "[packed] Calibration text file (windows sampled as docs/ptq.md says)");
+  cmd->add_option("--calib-windows", c.calib_options.windows, "[packed] Calibration windows (default 128)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_option("--calib-ctx", c.calib_options.ctx, "[packed] Tokens per calibration window, BOS included (default 512)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  cmd->add_option("--seed", c.calib_options.seed, "[packed] Seed of the calibration window sampling (default 0)");
+  cmd->add_option("--damp", c.gptq.damp, "[gptq] Dampening added to H's diagonal, times its mean (default 0.01)")
+      ->check(CLI::Range(1e-8, 10.0));
+  cmd->add_flag("--act-order", c.gptq.act_order,
+                "[gptq] Quantize columns by decreasing Hessian diagonal (static groups keep scales contiguous)");
+  cmd->add_option("--gptq-block", c.gptq.block_size, "[gptq] Lazy-update block width in columns (default 128)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  cmd->add_flag("!--no-sequential", c.gptq.sequential,
+                "[gptq] Collect every linear's inputs once per block with the unquantized block (default: each "
+                "group's inputs after the earlier groups of the block were quantized)");
+  cmd->add_option("--calib-batch", c.batch_windows, "[packed] Calibration windows run through a block at once (default 2)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  cmd->add_option("--calib-hidden", opt->calib_hidden,
+                  "[packed] Storage of the calibration hidden states between blocks: f32 (default) or bf16 (half "
+                  "the memory)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--resume", c.resume, "[packed] Continue an interrupted calibrated run from its last finished block");
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
@@ -223,8 +254,9 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     auto given = [&](const char* name) { return cmd->count(name) > 0; };
     std::optional<ScopedThreadLimit> limit;
     if (opt->threads > 0) limit.emplace(opt->threads);
+    const bool calibrated = given("--calib");
     if (opt->format == "gguf") {
-      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
+      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose", "--method", "--calib", "--resume"})
         if (given(name))
           return fail(invalid_argument(std::string(name) + " applies to --format packed; GGUF output takes --type "
                                                            "and --tensor-type"));
@@ -236,8 +268,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     }
     for (const char* name : {"--type", "--tensor-type", "--tensor-type-file", "--output-tensor-type",
                              "--token-embedding-type", "--pure", "--imatrix", "--allow-fallback", "--allow-requantize",
-                             "--tokenizer", "--no-vocab", "--name", "--dry-run"})
+                             "--no-vocab", "--name", "--dry-run"})
       if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --format gguf"));
+    if (!calibrated) {
+      if (given("--method") && opt->calib.method == "gptq")
+        return fail(invalid_argument("--method gptq needs --calib FILE"));
+      for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block",
+                               "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer"})
+        if (given(name)) return fail(invalid_argument(std::string(name) + " applies to calibrated quantization (--calib)"));
+    } else if (opt->calib.method != "gptq") {
+      for (const char* name : {"--damp", "--act-order", "--gptq-block", "--no-sequential"})
+        if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq"));
+    }
     if (opt->scheme.empty())
       return fail(invalid_argument("--scheme is required (or --format gguf --type PRESET for a GGUF file)"));
     QuantizeRequest req;
@@ -255,6 +297,23 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     req.selection.keep = *keep;
     req.selection.filter_pattern = opt->filter;
     req.selection.keep_pattern = opt->keep;
+    if (calibrated) {
+      if (!given("--method")) opt->calib.method = "gptq";
+      CalibratedQuantizeRequest creq = opt->calib;
+      creq.input = req.input;
+      creq.output = req.output;
+      creq.scheme = req.scheme;
+      creq.selection = req.selection;
+      creq.verbose = req.verbose;
+      creq.tokenizer = opt->gguf.input_options.tokenizer;
+      creq.hidden_dtype = opt->calib_hidden == "bf16" ? DType::bf16 : DType::f32;
+      install_interrupt_handler();
+      Expected<QuantizeSummary> cs = quantize_calibrated(creq);
+      if (!cs) return fail(cs.status());
+      print_quantize_summary(req, *cs, stdout);
+      *exit_code = 0;
+      return;
+    }
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);

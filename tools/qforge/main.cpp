@@ -8,6 +8,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "quantize_calibrated.h"
 #include "qforge/progress.h"
 
 int main(int argc, char** argv) {
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   add_demo_command(app, &exit_code);
   add_eval_command(app, &exit_code);
   add_run_command(app, &exit_code);
+  add_imatrix_command(app, &exit_code);  // cmd_imatrix.cpp
 
   set_command_line(argc, argv);
   qforge::install_interrupt_handler();

@@ -1,0 +1,335 @@
+// GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+// Pre-trained Transformers"): columns are quantized one at a time and the error of each is
+// compensated on the columns not yet quantized, using the inverse Hessian of the layer's
+// reconstruction loss, H = 2/n Σ x xᵀ.
+//
+// Quantization values come from the format table, never from a second copy of a format's math:
+//   * the parameters of a group (scale, zero-point, ...) are those the table's reference quantizer
+//     picks for the group's [rows, group] sub-matrix (from the original weights with act-order
+//     "static groups", else from the error-updated weights when the sweep reaches the group);
+//   * the values a weight can take under those parameters are found by dequantizing, through the
+//     table, a copy of the group's planes with every code set to c, for each code c; a column is
+//     then quantized to the nearest such value of its row.
+// That works for every planar format whose elements decode independently given their group's
+// parameters (int-sym, int-asym, nf4, fp4, mxfp4, fp8, binary, ternary); gptq_supports says which.
+//
+// Precision: the Hessian arrives as a double accumulation (pipeline.cpp); the factorisations, the
+// weights being updated and the block updates are double, so the sweep's rounding (about
+// cols * 1e-16) is far below any quantization step.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "qforge/progress.h"
+#include "qforge/ptq.h"
+
+extern "C" {
+// LAPACK (Fortran ABI; the trailing size_t is the hidden length of the character argument).
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+}
+
+namespace qforge {
+namespace {
+
+// In-place Cholesky of a symmetric positive definite row-major matrix: afterwards the upper
+// triangle holds U with A = Uᵀ U (LAPACK sees the row-major array as its transpose, so 'L' there
+// is upper here); the strict lower triangle is zeroed. False when A is not positive definite.
+bool cholesky_upper(std::vector<double>& a, int64_t n) {
+  const int ni = static_cast<int>(n);
+  int info = 0;
+  dpotrf_("L", &ni, a.data(), &ni, &info, 1);
+  if (info != 0) return false;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) a[static_cast<size_t>(i * n + j)] = 0.0;
+  return true;
+}
+
+// Inverse of A from its factor (cholesky_upper's output), as a full symmetric matrix.
+bool inverse_from_cholesky(std::vector<double>& a, int64_t n) {
+  const int ni = static_cast<int>(n);
+  int info = 0;
+  dpotri_("L", &ni, a.data(), &ni, &info, 1);
+  if (info != 0) return false;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) a[static_cast<size_t>(i * n + j)] = a[static_cast<size_t>(j * n + i)];
+  return true;
+}
+
+int64_t param_group_width(const Scheme& s, int64_t cols) {
+  return s.granularity == Granularity::group ? s.group_size : cols;
+}
+
+// A group's parameters and the values each code decodes to in each row.
+struct GroupGrid {
+  QuantizedTensor params;               // the table's quantization of the group's sub-matrix
+  int64_t codes = 0;                    // 2^bits
+  std::vector<std::vector<float>> val;  // [rows][k]: sorted finite values
+  std::vector<std::vector<uint8_t>> code;  // [rows][k]: their codes
+};
+
+Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, GroupGrid& g) {
+  QFORGE_ASSIGN_OR_RETURN(g.params, quantize(scheme, sub, rows, width));
+  g.codes = int64_t{1} << scheme.bits;
+  QuantizedTensor probe = g.params;
+  const size_t row_bytes = packed_size(width, scheme.bits);
+  if (probe.codes.size() != row_bytes * static_cast<size_t>(rows))
+    return unsupported("GPTQ: scheme " + scheme.name() + " does not store one " + std::to_string(scheme.bits) +
+                       "-bit code per weight");
+  std::vector<uint8_t> same(static_cast<size_t>(width));
+  std::vector<float> out(static_cast<size_t>(rows * width));
+  std::vector<std::vector<std::pair<float, uint8_t>>> cand(static_cast<size_t>(rows));
+  for (int64_t c = 0; c < g.codes; ++c) {
+    std::fill(same.begin(), same.end(), static_cast<uint8_t>(c));
+    for (int64_t r = 0; r < rows; ++r) pack_bits(same.data(), width, scheme.bits, probe.codes.data() + r * row_bytes);
+    QFORGE_RETURN_IF_ERROR(dequantize(probe, out.data()));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float v = out[static_cast<size_t>(r * width)];
+      if (std::isfinite(v)) cand[static_cast<size_t>(r)].push_back({v, static_cast<uint8_t>(c)});
+    }
+  }
+  g.val.assign(static_cast<size_t>(rows), {});
+  g.code.assign(static_cast<size_t>(rows), {});
+  for (int64_t r = 0; r < rows; ++r) {
+    auto& cr = cand[static_cast<size_t>(r)];
+    // Stable: among equal values the lowest code wins.
+    std::stable_sort(cr.begin(), cr.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (cr.empty()) return Status::error(ErrorCode::internal, "GPTQ: no finite value in the grid of " + scheme.name());
+    for (const auto& [v, code] : cr) {
+      g.val[static_cast<size_t>(r)].push_back(v);
+      g.code[static_cast<size_t>(r)].push_back(code);
+    }
+  }
+  return Status::ok();
+}
+
+// Nearest grid value of row r to x (ties: the lower value); returns its index.
+size_t nearest(const std::vector<float>& vals, double x) {
+  auto it = std::lower_bound(vals.begin(), vals.end(), static_cast<float>(x));
+  if (it == vals.begin()) return 0;
+  if (it == vals.end()) return vals.size() - 1;
+  const size_t hi = static_cast<size_t>(it - vals.begin()), lo = hi - 1;
+  return (x - vals[lo] <= vals[hi] - x) ? lo : hi;
+}
+
+}  // namespace
+
+bool gptq_supports(const Scheme& scheme) {
+  const FormatTraits* t = find_format_by_id(scheme.format);
+  if (!t || t->blocks_in_codes || scheme.double_quant) return false;
+  // A per-tensor extra plane (NVFP4's global scale) would differ between group sub-matrices.
+  if (t->extra_bytes != nullptr && t->extra_bytes(scheme, 1, 256) > 0) return false;
+  return scheme.bits >= 1 && scheme.bits <= 8;
+}
+
+Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
+                                   const double* sum_xxt, int64_t tokens, const GptqOptions& options) {
+  QFORGE_RETURN_IF_ERROR(validate_scheme(scheme, rows, cols));
+  if (!gptq_supports(scheme))
+    return unsupported("GPTQ does not support scheme " + scheme.name() +
+                       " (block formats with scales inside the codes, extra planes or double quantization)");
+  if (tokens <= 0) return invalid_argument("GPTQ needs calibration tokens (got " + std::to_string(tokens) + ")");
+  if (!(options.damp > 0) || options.block_size <= 0)
+    return invalid_argument("GPTQ: damp must be > 0 and block size positive");
+  for (int64_t i = 0; i < rows * cols; ++i)
+    if (!std::isfinite(w[i])) return invalid_argument("GPTQ: non-finite weight at index " + std::to_string(i));
+
+  GptqResult result;
+  const int64_t gs = param_group_width(scheme, cols);
+  const int64_t n_groups = cols / gs;
+  const size_t C = static_cast<size_t>(cols);
+
+  // H = 2/n Σ x xᵀ.
+  std::vector<double> H(C * C);
+  const double norm = 2.0 / static_cast<double>(tokens);
+  for (size_t i = 0; i < C * C; ++i) H[i] = sum_xxt[i] * norm;
+  std::vector<double> W(static_cast<size_t>(rows) * C);
+  for (size_t i = 0; i < W.size(); ++i) W[i] = w[i];
+
+  // Dead inputs (never nonzero in the calibration data): their weights cannot matter to the
+  // output on that data, so they are zeroed and their Hessian row made the identity's.
+  for (int64_t j = 0; j < cols; ++j) {
+    if (H[static_cast<size_t>(j) * C + static_cast<size_t>(j)] == 0.0) {
+      H[static_cast<size_t>(j) * C + static_cast<size_t>(j)] = 1.0;
+      for (int64_t r = 0; r < rows; ++r) W[static_cast<size_t>(r) * C + static_cast<size_t>(j)] = 0.0;
+    }
+  }
+
+  // Act-order: columns by decreasing H diagonal (stable, so equal diagonals keep their order).
+  std::vector<int64_t> perm(C);
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  if (options.act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
+      return H[static_cast<size_t>(a) * C + static_cast<size_t>(a)] > H[static_cast<size_t>(b) * C + static_cast<size_t>(b)];
+    });
+
+  // Groups' parameters. With act-order they are static: taken from the (dead-zeroed) original
+  // weights in the original column order, so each group's scales stay contiguous in the output.
+  std::vector<GroupGrid> grids(static_cast<size_t>(n_groups));
+  std::vector<bool> grid_ready(static_cast<size_t>(n_groups), false);
+  std::vector<float> sub(static_cast<size_t>(rows * gs));
+  auto make_grid = [&](int64_t g, const std::vector<double>& source, const std::vector<int64_t>& col_of) -> Status {
+    // col_of[c]: where original column c lives in `source`.
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < gs; ++c)
+        sub[static_cast<size_t>(r * gs + c)] =
+            static_cast<float>(source[static_cast<size_t>(r) * C + static_cast<size_t>(col_of[static_cast<size_t>(g * gs + c)])]);
+    QFORGE_RETURN_IF_ERROR(build_grid(scheme, sub.data(), rows, gs, grids[static_cast<size_t>(g)]));
+    grid_ready[static_cast<size_t>(g)] = true;
+    return Status::ok();
+  };
+  std::vector<int64_t> identity(C);
+  std::iota(identity.begin(), identity.end(), int64_t{0});
+  if (options.act_order)
+    for (int64_t g = 0; g < n_groups; ++g) QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
+
+  // Permute W's columns and H.
+  if (options.act_order) {
+    std::vector<double> Wp(W.size()), Hp(H.size());
+    for (int64_t r = 0; r < rows; ++r)
+      for (size_t j = 0; j < C; ++j) Wp[static_cast<size_t>(r) * C + j] = W[static_cast<size_t>(r) * C + static_cast<size_t>(perm[j])];
+    for (size_t i = 0; i < C; ++i)
+      for (size_t j = 0; j < C; ++j) Hp[i * C + j] = H[static_cast<size_t>(perm[i]) * C + static_cast<size_t>(perm[j])];
+    W.swap(Wp);
+    H.swap(Hp);
+  }
+
+  // Dampening, raised tenfold on each Cholesky failure.
+  double mean_diag = 0;
+  for (size_t j = 0; j < C; ++j) mean_diag += H[j * C + j];
+  mean_diag /= static_cast<double>(C);
+  double damp = options.damp;
+  std::vector<double> U;
+  for (int attempt = 0;; ++attempt) {
+    U = H;
+    for (size_t j = 0; j < C; ++j) U[j * C + j] += damp * mean_diag;
+    if (cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols)) break;
+    if (attempt >= options.max_damp_raises)
+      return Status::error(ErrorCode::internal, "GPTQ: the Hessian stays indefinite with dampening " + std::to_string(damp));
+    result.warnings.push_back("Cholesky failed with dampening " + std::to_string(damp) + " of the mean diagonal; retrying with " +
+                              std::to_string(damp * 10));
+    damp *= 10;
+  }
+  result.damp_used = damp;
+
+  // The column sweep with lazy block updates.
+  std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
+  const int64_t B = options.block_size;
+  std::vector<double> err(static_cast<size_t>(rows * B));
+  double loss = 0;
+  for (int64_t i1 = 0; i1 < cols; i1 += B) {
+    const int64_t i2 = std::min(i1 + B, cols), count = i2 - i1;
+    std::fill(err.begin(), err.end(), 0.0);
+    for (int64_t i = i1; i < i2; ++i) {
+      const int64_t orig = perm[static_cast<size_t>(i)];
+      const int64_t g = orig / gs;
+      if (!grid_ready[static_cast<size_t>(g)]) {
+        // Without act-order, columns arrive in order and a group starts here: its parameters come
+        // from the weights as updated so far.
+        QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
+      }
+      const GroupGrid& grid = grids[static_cast<size_t>(g)];
+      const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
+      for (int64_t r = 0; r < rows; ++r) {
+        double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
+        const size_t k = nearest(grid.val[static_cast<size_t>(r)], wv);
+        const double q = grid.val[static_cast<size_t>(r)][k];
+        codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.code[static_cast<size_t>(r)][k];
+        const double e = (wv - q) / d;
+        loss += (wv - q) * (wv - q) / (d * d);
+        err[static_cast<size_t>(r * B + (i - i1))] = e;
+        // Update the rest of this block now; columns past it wait for the block's GEMM.
+        const double* urow = U.data() + static_cast<size_t>(i) * C;
+        double* wrow = W.data() + static_cast<size_t>(r) * C;
+        for (int64_t j = i + 1; j < i2; ++j) wrow[j] -= e * urow[j];
+        wv = q;
+      }
+    }
+    if (i2 < cols) {
+      // W[:, i2:] -= Err[:, 0:count] · U[i1:i2, i2:]
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols - i2),
+                  static_cast<int>(count), -1.0, err.data(), static_cast<int>(B), U.data() + i1 * cols + i2,
+                  static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
+    }
+  }
+  result.proxy_loss = loss / 2;
+
+  // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
+  // scale/zero planes copied from its parameters.
+  QuantizedTensor& q = result.q;
+  q.scheme = scheme;
+  q.rows = rows;
+  q.cols = cols;
+  const PlaneSizes sizes = scheme_plane_sizes(scheme, rows, cols);
+  q.codes.assign(sizes.codes, 0);
+  q.scales.assign(sizes.scales, 0);
+  q.zeros.assign(sizes.zeros, 0);
+  std::vector<int64_t> pos(C);  // permuted position of each original column
+  for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
+  const size_t row_bytes = q.packed_row_bytes();
+  std::vector<uint8_t> row_codes(C);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (size_t j = 0; j < C; ++j) row_codes[j] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[j])];
+    pack_bits(row_codes.data(), cols, scheme.bits, q.codes.data() + static_cast<size_t>(r) * row_bytes);
+  }
+  auto copy_plane = [&](std::vector<uint8_t>& dst, auto member) -> Status {
+    if (dst.empty()) return Status::ok();
+    if (n_groups == 1) {
+      const auto& src = grids[0].params.*member;
+      if (src.size() != dst.size()) return Status::error(ErrorCode::internal, "GPTQ: plane size mismatch");
+      dst = src;
+      return Status::ok();
+    }
+    const size_t per = dst.size() / static_cast<size_t>(rows * n_groups);  // bytes per group entry
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const auto& src = grids[static_cast<size_t>(g)].params.*member;
+      if (src.size() != per * static_cast<size_t>(rows)) return Status::error(ErrorCode::internal, "GPTQ: group plane size mismatch");
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(dst.data() + (static_cast<size_t>(r * n_groups + g)) * per, src.data() + static_cast<size_t>(r) * per, per);
+    }
+    return Status::ok();
+  };
+  QFORGE_RETURN_IF_ERROR(copy_plane(q.scales, &QuantizedTensor::scales));
+  QFORGE_RETURN_IF_ERROR(copy_plane(q.zeros, &QuantizedTensor::zeros));
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+StatsRequest GptqProcessor::stats_request() const {
+  StatsRequest r;
+  r.hessian = true;
+  return r;
+}
+
+Status GptqProcessor::process_block(BlockContext& ctx) {
+  Model& model = ctx.model();
+  for (size_t gi = 0; gi < ctx.groups().size(); ++gi) {
+    // Sequential mode: the inputs of this group are re-collected with the earlier groups of the
+    // block already quantized (the first group's inputs do not depend on the block).
+    if (options_.sequential && gi > 0) QFORGE_RETURN_IF_ERROR(ctx.recollect({static_cast<int>(gi)}));
+    InputGroup& g = ctx.groups()[gi];
+    for (const LinearSite& site : g.sites) {
+      QFORGE_RETURN_IF_ERROR(check_interrupted("gptq"));
+      const Linear* lin = model.linear(site);
+      const int64_t rows = lin->out_features(), cols = lin->in_features();
+      const std::optional<Scheme> scheme = scheme_for_(site, rows, cols);
+      if (!scheme) continue;
+      std::vector<float> w(static_cast<size_t>(rows * cols));
+      lin->dense_weight(w.data());
+      Expected<GptqResult> r = gptq_quantize(*scheme, w.data(), rows, cols, g.stats.hessian.data(), g.stats.tokens, options_);
+      if (!r) return r.status().with_context(linear_site_name(site));
+      for (const auto& msg : r->warnings) warnings_.push_back(linear_site_name(site) + ": " + msg);
+      QFORGE_RETURN_IF_ERROR(install_quantized(model, site, r->q));
+      results_[site] = std::move(r->q);
+    }
+    g.stats.hessian.clear();
+    g.stats.hessian.shrink_to_fit();
+  }
+  return Status::ok();
+}
+
+}  // namespace qforge
