@@ -6,6 +6,8 @@
 #include <fstream>
 
 #include "model/model_impl.h"
+#include "qforge/act_quant.h"
+#include "qforge/hf_quant.h"
 #include "qforge/packed.h"
 #include "qforge/safetensors.h"
 
@@ -112,7 +114,10 @@ Expected<Model> Model::load_packed(const std::string& path, const ModelConfig& c
 Expected<Model> Model::load_packed(const std::string& path, const ModelConfig& config, QuantizedWeights weights) {
   QFORGE_ASSIGN_OR_RETURN(PackedFile file, PackedFile::open(path));
   QFORGE_ASSIGN_OR_RETURN(Model model, from_tensors(config, PackedSource(file), TensorNaming::hf));
-  if (weights == QuantizedWeights::dequantize_at_load) return model;
+  if (weights == QuantizedWeights::dequantize_at_load) {
+    QFORGE_RETURN_IF_ERROR(apply_act_quant_metadata(model, file.user_metadata(), path));
+    return model;
+  }
   for (const PackedTensorInfo& info : file.quantized()) {
     QFORGE_ASSIGN_OR_RETURN(ResolvedTensor r, resolve_tensor_role(config.arch, info.name, TensorNaming::hf));
     if (r.is_bias) continue;
@@ -129,6 +134,8 @@ Expected<Model> Model::load_packed(const std::string& path, const ModelConfig& c
     if (layer == nullptr) continue;  // no kernel for this scheme: stays dequantized
     QFORGE_RETURN_IF_ERROR(model.replace_linear(site, std::move(layer)).with_context(path + ": tensor '" + info.name + "'"));
   }
+  // Recorded activation quantization (act_quant.h) wraps the linears as they were quantized.
+  QFORGE_RETURN_IF_ERROR(apply_act_quant_metadata(model, file.user_metadata(), path));
   return model;
 }
 
@@ -155,6 +162,10 @@ Expected<Model> Model::load(const std::string& path, const ModelLoadOptions& opt
       } else {
         QFORGE_ASSIGN_OR_RETURN(config, config_for_file(path, options));
       }
+      // GPTQ / AWQ exports (include/qforge/hf_quant.h) load as QuantizedLinear layers.
+      HfQuantConfig quant_config;
+      QFORGE_ASSIGN_OR_RETURN(bool hf_quantized, read_hf_quant_config(path, &quant_config));
+      if (hf_quantized) return load_hf_quantized_model(path, config);
       QFORGE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ck, SafetensorsCheckpoint::open(path));
       return from_checkpoint(config, ck);
     }

@@ -188,8 +188,10 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                   "F32/F16/BF16 GGUF)")
       ->required();
   cmd->add_option("-o,--out", opt->output, "Output file (written atomically)")->required();
-  cmd->add_option("--format", opt->format, "Output format: packed (qforge safetensors, default) or gguf")
-      ->check(CLI::IsMember({"packed", "gguf"}));
+  cmd->add_option("--format", opt->format,
+                  "Output format: packed (qforge safetensors, default), gguf, or gptq / awq (an HF model directory "
+                  "in GPTQ v1 / AutoAWQ GEMM layout; needs --calib)")
+      ->check(CLI::IsMember({"packed", "gguf", "gptq", "awq"}));
   // packed
   cmd->add_option("-s,--scheme", opt->scheme, "[packed] Quantization scheme, e.g. int4-g128-asym, int8-ch-sym, nf4");
   cmd->add_option("--filter", opt->filter,
@@ -223,7 +225,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--method", c.method,
                   "[packed] rtn (default without --calib) or gptq; with --calib the weights are quantized block by "
                   "block on calibration data")
-      ->check(CLI::IsMember({"rtn", "gptq"}));
+      ->check(CLI::IsMember({"rtn", "gptq", "awq", "awq+gptq", "smoothquant"}));
+  cmd->add_option("--act-scheme", c.act_scheme,
+                  "[calib] Quantize linear inputs too: int8-token-dyn, int8-tensor-static or fp8-tensor-static "
+                  "(static scales from --act-observer on the calibration data; recorded in the output)")
+      ->check(CLI::IsMember({"none", "int8-token-dyn", "int8-tensor-static", "fp8-tensor-static"}));
+  cmd->add_option("--act-observer", c.act_observer,
+                  "[calib] Observer of static activation scales: minmax (default), percentile[:p], mse, entropy");
+  cmd->add_option("--alpha", c.alpha, "[smoothquant] Migration strength in [0, 1] (default 0.5)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--awq-grid", c.awq.grid, "[awq] Points of the alpha grid in [0, 1) (default 20)")
+      ->check(CLI::Range(1, 1000));
+  cmd->add_flag("!--no-awq-clip", c.awq.clip, "[awq] Skip the clipping-ratio search");
   cmd->add_option("--calib", c.calib, "[packed] Calibration text file (windows sampled as docs/ptq.md says)");
   cmd->add_option("--calib-windows", c.calib_options.windows, "[packed] Calibration windows (default 128)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
@@ -272,14 +285,23 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                              "--no-vocab", "--name", "--dry-run"})
       if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --format gguf"));
     if (!calibrated) {
-      if (given("--method") && opt->calib.method == "gptq")
-        return fail(invalid_argument("--method gptq needs --calib FILE"));
+      if (given("--method") && opt->calib.method != "rtn")
+        return fail(invalid_argument("--method " + opt->calib.method + " needs --calib FILE"));
+      if (opt->format == "gptq" || opt->format == "awq")
+        return fail(invalid_argument("--format " + opt->format + " needs --calib FILE (calibrated pipeline)"));
       for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block",
-                               "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer"})
+                               "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer",
+                               "--act-scheme", "--act-observer", "--alpha", "--awq-grid", "--no-awq-clip"})
         if (given(name)) return fail(invalid_argument(std::string(name) + " applies to calibrated quantization (--calib)"));
-    } else if (opt->calib.method != "gptq") {
-      for (const char* name : {"--damp", "--act-order", "--gptq-block", "--no-sequential"})
-        if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq"));
+    } else {
+      const std::string& m = opt->calib.method;
+      if (m != "gptq" && m != "awq+gptq")
+        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--no-sequential"})
+          if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq or awq+gptq"));
+      if (m != "smoothquant" && given("--alpha")) return fail(invalid_argument("--alpha applies to --method smoothquant"));
+      if (m != "awq" && m != "awq+gptq")
+        for (const char* name : {"--awq-grid", "--no-awq-clip"})
+          if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method awq or awq+gptq"));
     }
     if (opt->scheme.empty())
       return fail(invalid_argument("--scheme is required (or --format gguf --type PRESET for a GGUF file)"));
@@ -304,6 +326,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       creq.input = req.input;
       creq.output = req.output;
       creq.scheme = req.scheme;
+      creq.format = opt->format;
       creq.selection = req.selection;
       creq.verbose = req.verbose;
       creq.tokenizer = opt->gguf.input_options.tokenizer;

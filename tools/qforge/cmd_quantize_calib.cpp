@@ -24,7 +24,10 @@
 #include "cli_common.h"
 #include "cli_model.h"
 #include "qforge/atomic_file.h"
+#include "qforge/act_quant.h"
+#include "qforge/hf_quant.h"
 #include "qforge/packed.h"
+#include "qforge/ptq_methods.h"
 #include "qforge/sha256.h"
 #include "quantize_calibrated.h"
 
@@ -69,7 +72,12 @@ std::string fingerprint(const CalibratedQuantizeRequest& req, const SafetensorsC
   j["seed"] = calib.seed;
   j["batch_windows"] = req.batch_windows;
   j["hidden_dtype"] = dtype_name(req.hidden_dtype);
-  if (req.method == "gptq")
+  j["format"] = req.format;
+  j["act"] = {req.act_scheme, req.act_observer};
+  if (req.method == "awq" || req.method == "awq+gptq")
+    j["awq"] = {req.awq.grid, req.awq.clip, req.awq.clip_grid, req.awq.max_shrink};
+  if (req.method == "smoothquant") j["alpha"] = req.alpha;
+  if (req.method == "gptq" || req.method == "awq+gptq")
     j["gptq"] = {req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.sequential};
   return sha256_hex(j.dump());
 }
@@ -113,8 +121,18 @@ int crash_after_block() {
 Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& req) {
   const double start = now_seconds();
   QFORGE_RETURN_IF_ERROR(check_output_path(req.output, "--out"));
-  if (req.method != "rtn" && req.method != "gptq")
-    return invalid_argument("--method must be rtn or gptq, got '" + req.method + "'");
+  if (req.method != "rtn" && req.method != "gptq" && req.method != "awq" && req.method != "awq+gptq" &&
+      req.method != "smoothquant")
+    return invalid_argument("--method must be rtn, gptq, awq, awq+gptq or smoothquant, got '" + req.method + "'");
+  QFORGE_ASSIGN_OR_RETURN(ActScheme act_scheme, parse_act_scheme(req.act_scheme));
+  // AWQ and SmoothQuant fold scales into norms and activation quantization records scales: the
+  // per-block resume state holds only quantized weights, so these runs start from block 0.
+  const bool rewrites_block = req.method == "awq" || req.method == "awq+gptq" || req.method == "smoothquant" ||
+                              act_scheme != ActScheme::none;
+  if (req.resume && rewrites_block)
+    return unsupported("--resume supports --method rtn and gptq without --act-scheme");
+  if (req.format != "packed" && req.format != "gptq" && req.format != "awq")
+    return invalid_argument("--format must be packed, gptq or awq for calibrated quantization");
   QFORGE_ASSIGN_OR_RETURN(ModelFileKind kind, detect_model_file(req.input));
   if (kind != ModelFileKind::hf_directory && kind != ModelFileKind::safetensors)
     return invalid_argument("--calib needs an HF directory or a .safetensors checkpoint, " + req.input + " is " +
@@ -141,7 +159,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   QuantizeSummary summary;
   for (const auto& f : ckpt.files()) summary.input_bytes += f.file_size();
   std::set<std::string> incompatible;
-  const bool gptq = req.method == "gptq";
+  const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
   SchemeForSite scheme_for = [&](const LinearSite& site, int64_t rows, int64_t cols) -> std::optional<Scheme> {
     const std::string name = site_tensor_name(arch, site);
     if (!selected_transposed.count(name)) return std::nullopt;
@@ -157,13 +175,31 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
 
   std::unique_ptr<BlockProcessor> processor;
   QuantizedWeights* results = nullptr;
+  GptqProcessor* gptq_processor = nullptr;
   if (gptq) {
     auto p = std::make_unique<GptqProcessor>(scheme_for, req.gptq);
     results = &p->results();
+    gptq_processor = p.get();
     processor = std::move(p);
   } else {
     auto p = std::make_unique<RtnProcessor>(scheme_for);
     results = &p->results();
+    processor = std::move(p);
+  }
+  // AWQ / SmoothQuant rewrite the block before the weight quantizer; activation quantization wraps
+  // the quantized block (include/qforge/ptq_methods.h).
+  AwqProcessor* awq_processor = nullptr;
+  if (req.method == "awq" || req.method == "awq+gptq") {
+    auto p = std::make_unique<AwqProcessor>(scheme_for, req.awq, std::move(processor));
+    awq_processor = p.get();
+    processor = std::move(p);
+  } else if (req.method == "smoothquant") {
+    processor = std::make_unique<SmoothQuantProcessor>(SmoothQuantOptions{req.alpha}, std::move(processor));
+  }
+  ActQuantProcessor* act_processor = nullptr;
+  if (act_scheme != ActScheme::none) {
+    auto p = std::make_unique<ActQuantProcessor>(act_scheme, req.act_observer, std::move(processor));
+    act_processor = p.get();
     processor = std::move(p);
   }
 
@@ -239,14 +275,72 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
                                                      "; continue with --resume)");
     return run;
   }
-  if (auto* g = dynamic_cast<GptqProcessor*>(processor.get()))
-    for (const auto& w : g->warnings()) warn(w);
+  if (gptq_processor != nullptr)
+    for (const auto& w : gptq_processor->warnings()) warn(w);
+  if (awq_processor != nullptr && req.verbose)
+    for (const auto& line : awq_processor->log()) std::fprintf(stderr, "awq: %s\n", line.c_str());
+  // Norms the method folded scales into are written from the model, not the checkpoint.
+  std::map<std::string, Tensor> folded;
+  if (rewrites_block) {
+    for (int L = 0; L < layers; ++L)
+      for (auto [role, which] : {std::pair{TensorRole::attn_norm, Model::BlockNorm::attention},
+                                 std::pair{TensorRole::mlp_norm, Model::BlockNorm::mlp}}) {
+        for (bool bias : {false, true}) {
+          std::span<float> v = bias ? model.norm_bias(L, which) : model.norm_weight(L, which);
+          if (v.empty()) continue;
+          auto name = tensor_name_for_role(arch, role, L, bias);
+          if (!name || ckpt.find(*name) == nullptr) continue;
+          folded[*name] = Tensor::from_f32({static_cast<int64_t>(v.size())}, std::vector<float>(v.begin(), v.end()));
+        }
+      }
+  }
+  std::string act_record;
+  if (act_processor != nullptr) act_record = act_quant_record_to_json(act_processor->record());
   pipeline.reset();  // frees the calibration hidden states before writing
 
   // The output: quantized planes in selection order, then every other tensor as it was. Selected
   // weights outside the blocks (e.g. an untied output head) get plain round-to-nearest.
+  if (req.format != "packed") {
+    QFORGE_ASSIGN_OR_RETURN(HfQuantFormat hf_format, parse_hf_quant_format(req.format));
+    std::map<std::string, QuantizedTensor> quantized;
+    for (auto& [site, q] : *results) quantized[site_tensor_name(arch, site)] = q;
+    std::map<std::string, Tensor> plain;
+    for (const auto& name : ckpt.tensor_names()) {
+      if (quantized.count(name)) continue;
+      if (auto f = folded.find(name); f != folded.end()) {
+        plain[name] = f->second;
+      } else {
+        QFORGE_ASSIGN_OR_RETURN(plain[name], ckpt.tensor(name));
+      }
+    }
+    HfQuantExportOptions eo;
+    eo.format = hf_format;
+    std::error_code dir_ec;
+    eo.source_dir = fs::is_directory(req.input, dir_ec) ? req.input : fs::path(req.input).parent_path().string();
+    eo.desc_act = req.gptq.act_order && gptq;
+    nlohmann::json meta = {{"method", req.method}};
+    for (const auto& [k, v] : calib.metadata()) meta[k] = v;
+    eo.qforge_metadata_json = meta.dump();
+    if (!act_record.empty()) eo.metadata[kActQuantMetadataKey] = act_record;
+    for (auto& [name, q] : quantized) {
+      summary.quantized_tensors += 1;
+      summary.quantized_elements += q.rows * q.cols;
+      summary.quantized_bytes_out += q.nbytes();
+      if (const auto* info = ckpt.find(name)) summary.quantized_bytes_in += info->end - info->begin;
+    }
+    QFORGE_ASSIGN_OR_RETURN(HfQuantExportSummary es, export_hf_quantized(req.output, quantized, plain, eo));
+    if (es.zero_point_zero_groups > 0)
+      warn(std::to_string(es.zero_point_zero_groups) + " groups have zero-point 0, stored by GPTQ v1 as 2^bits - 1 "
+           "(qforge and GPTQModel read them back; exllama's v1 kernels do not)");
+    summary.plain_tensors = es.plain;
+    summary.output_bytes = es.bytes;
+    fs::remove_all(dir, ec);
+    summary.seconds = now_seconds() - start;
+    return summary;
+  }
   PackedWriter writer(req.output);
-  std::string command = "qforge quantize " + shell_quote(req.input) + " --method " + req.method + " --scheme " +
+  std::string command = "qforge quantize " + shell_quote(req.input) + " --method " + req.method +
+                        (act_scheme != ActScheme::none ? " --act-scheme " + req.act_scheme : std::string()) + " --scheme " +
                         req.scheme.name() + " --calib " + shell_quote(req.calib) + " --calib-windows " +
                         std::to_string(calib.windows) + " --calib-ctx " + std::to_string(calib.ctx) + " --seed " +
                         std::to_string(calib.seed);
@@ -261,6 +355,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   for (const auto& [k, v] : ckpt.metadata()) QFORGE_RETURN_IF_ERROR(writer.set_metadata(k, v));
   for (const auto& [k, v] : calib.metadata()) QFORGE_RETURN_IF_ERROR(writer.set_metadata(k, v));
   QFORGE_RETURN_IF_ERROR(writer.set_metadata("quantize.method", req.method));
+  if (!act_record.empty()) QFORGE_RETURN_IF_ERROR(writer.set_metadata(kActQuantMetadataKey, act_record));
   if (gptq) {
     QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.damp", format_fixed(req.gptq.damp, 6)));
     QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.block_size", std::to_string(req.gptq.block_size)));
@@ -301,7 +396,12 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   }
   for (const auto& name : ckpt.tensor_names()) {
     if (written.count(name)) continue;
-    QFORGE_ASSIGN_OR_RETURN(Tensor t, ckpt.tensor(name));
+    Tensor t;
+    if (auto f = folded.find(name); f != folded.end()) {
+      t = f->second;
+    } else {
+      QFORGE_ASSIGN_OR_RETURN(t, ckpt.tensor(name));
+    }
     QFORGE_RETURN_IF_ERROR(writer.add_plain(name, t));
     summary.plain_tensors += 1;
   }

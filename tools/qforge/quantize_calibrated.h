@@ -5,6 +5,7 @@
 #include <string>
 
 #include "commands.h"
+#include "qforge/awq.h"
 #include "qforge/ptq.h"
 
 namespace qforge::cli {
@@ -12,7 +13,12 @@ namespace qforge::cli {
 struct CalibratedQuantizeRequest {
   std::string input;   // HF directory or .safetensors checkpoint
   std::string output;  // packed .safetensors
-  std::string method = "gptq";  // rtn | gptq
+  std::string method = "gptq";  // rtn | gptq | awq | awq+gptq | smoothquant
+  std::string format = "packed";  // packed | gptq | awq (HF directory, include/qforge/hf_quant.h)
+  AwqOptions awq;                 // awq, awq+gptq
+  double alpha = 0.5;             // smoothquant migration strength
+  std::string act_scheme = "none";     // --act-scheme (act_quant.h)
+  std::string act_observer = "minmax";  // observer of static activation scales
   Scheme scheme;
   Selection selection;
   std::string tokenizer;  // default: the model's own
