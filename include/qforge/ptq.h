@@ -220,7 +220,7 @@ class CalibrationPipeline {
 
 // Quantizes every linear of the block with `quantize_site` and swaps in a QuantizedLinear; the
 // results are kept (keyed by site) for writing.
-using QuantizedWeights = std::map<LinearSite, QuantizedTensor>;
+using QuantizedSiteMap = std::map<LinearSite, QuantizedTensor>;
 
 // Which scheme each site gets; a site mapped to nothing is left as it is.
 using SchemeForSite = std::function<std::optional<Scheme>(const LinearSite& site, int64_t rows, int64_t cols)>;
@@ -232,11 +232,11 @@ class RtnProcessor final : public BlockProcessor {
   std::string name() const override { return "rtn"; }
   StatsRequest stats_request() const override { return {}; }
   Status process_block(BlockContext& ctx) override;
-  QuantizedWeights& results() { return results_; }
+  QuantizedSiteMap& results() { return results_; }
 
  private:
   SchemeForSite scheme_for_;
-  QuantizedWeights results_;
+  QuantizedSiteMap results_;
 };
 
 // Replaces the linear at `site` with a QuantizedLinear holding `q` (bias kept).
@@ -272,13 +272,13 @@ class GptqProcessor final : public BlockProcessor {
   StatsRequest stats_request() const override;
   bool collects_itself() const override { return options_.sequential; }
   Status process_block(BlockContext& ctx) override;
-  QuantizedWeights& results() { return results_; }
+  QuantizedSiteMap& results() { return results_; }
   const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   SchemeForSite scheme_for_;
   GptqOptions options_;
-  QuantizedWeights results_;
+  QuantizedSiteMap results_;
   std::vector<std::string> warnings_;
 };
 

@@ -174,7 +174,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
                        " (integer and other planar schemes only; GGUF output uses --format gguf)");
 
   std::unique_ptr<BlockProcessor> processor;
-  QuantizedWeights* results = nullptr;
+  QuantizedSiteMap* results = nullptr;
   GptqProcessor* gptq_processor = nullptr;
   if (gptq) {
     auto p = std::make_unique<GptqProcessor>(scheme_for, req.gptq);
