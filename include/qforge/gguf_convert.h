@@ -6,7 +6,7 @@
 //   - an HF directory (config.json + safetensors) of llama, mistral or qwen2;
 //   - a llama2.c v0 checkpoint (.bin), with its tokenizer.bin;
 //   - a GGUF file of architecture llama or qwen2 (re-quantization).
-// docs/_fragments/gguf-convert.md has the name mapping, the permutation and the metadata keys.
+// docs/gguf.md has the name mapping, the permutation and the metadata keys.
 #pragma once
 
 #include <cstdint>

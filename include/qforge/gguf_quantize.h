@@ -6,7 +6,7 @@
 // reproduce llama.cpp's llama_tensor_get_type (src/llama-quant.cpp) for the llama family:
 // e.g. Q4_K_M stores attn_v and ffn_down as Q6_K in the layers llama.cpp's use_more_bits picks
 // and the output head as Q6_K. The rules are data (gguf_preset_rules()), defined once in
-// src/algorithms/gguf_presets.cpp and listed in docs/_fragments/gguf-convert.md.
+// src/algorithms/gguf_presets.cpp and listed in docs/gguf.md.
 //
 // Type choice for a quantizable tensor (2-D weights: token embedding, output head, attention and
 // MLP projections), in order:

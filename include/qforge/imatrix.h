@@ -1,7 +1,7 @@
 // Importance matrices (llama.cpp's llama-imatrix output): per weight tensor, the mean of the
 // squared activations entering each input column, used to weight the quantization error.
 //
-// Layouts read (docs/_fragments/gguf-convert.md, "imatrix"):
+// Layouts read (docs/gguf.md, "imatrix"):
 //   GGUF (llama.cpp since 2025): general.type = "imatrix"; imatrix.datasets (string array),
 //     imatrix.chunk_count, imatrix.chunk_size (u32); per weight tensor W two F32 tensors
 //     "W.in_sum2" ne = {n_cols, n_mat} (sums of x^2 over the tokens seen) and "W.counts"

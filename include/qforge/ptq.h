@@ -154,6 +154,9 @@ class BlockProcessor {
   virtual std::string name() const = 0;
   // Statistics collected before process_block.
   virtual StatsRequest stats_request() const = 0;
+  // True: nothing is collected before process_block; the processor calls BlockContext::recollect
+  // for the groups it needs when it needs them (saves a pass and the memory of unused statistics).
+  virtual bool collects_itself() const { return false; }
   virtual Status process_block(BlockContext& ctx) = 0;
 };
 
@@ -267,6 +270,7 @@ class GptqProcessor final : public BlockProcessor {
   GptqProcessor(SchemeForSite scheme_for, GptqOptions options) : scheme_for_(std::move(scheme_for)), options_(options) {}
   std::string name() const override { return "gptq"; }
   StatsRequest stats_request() const override;
+  bool collects_itself() const override { return options_.sequential; }
   Status process_block(BlockContext& ctx) override;
   QuantizedWeights& results() { return results_; }
   const std::vector<std::string>& warnings() const { return warnings_; }

@@ -142,18 +142,20 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   const int64_t n_groups = cols / gs;
   const size_t C = static_cast<size_t>(cols);
 
-  // H = 2/n Σ x xᵀ.
-  std::vector<double> H(C * C);
+  // H = 2/n Σ x xᵀ is never materialised apart from the factor U built from it below (one C x C
+  // matrix instead of two: the calibration pipeline's memory bound counts these).
   const double norm = 2.0 / static_cast<double>(tokens);
-  for (size_t i = 0; i < C * C; ++i) H[i] = sum_xxt[i] * norm;
+  std::vector<double> diag(C);
+  for (size_t j = 0; j < C; ++j) diag[j] = sum_xxt[j * C + j] * norm;
   std::vector<double> W(static_cast<size_t>(rows) * C);
   for (size_t i = 0; i < W.size(); ++i) W[i] = w[i];
 
   // Dead inputs (never nonzero in the calibration data): their weights cannot matter to the
-  // output on that data, so they are zeroed and their Hessian row made the identity's.
+  // output on that data, so they are zeroed and their Hessian row made the identity's (the
+  // off-diagonal entries of such a row are already 0).
   for (int64_t j = 0; j < cols; ++j) {
-    if (H[static_cast<size_t>(j) * C + static_cast<size_t>(j)] == 0.0) {
-      H[static_cast<size_t>(j) * C + static_cast<size_t>(j)] = 1.0;
+    if (diag[static_cast<size_t>(j)] == 0.0) {
+      diag[static_cast<size_t>(j)] = 1.0;
       for (int64_t r = 0; r < rows; ++r) W[static_cast<size_t>(r) * C + static_cast<size_t>(j)] = 0.0;
     }
   }
@@ -163,7 +165,7 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   std::iota(perm.begin(), perm.end(), int64_t{0});
   if (options.act_order)
     std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
-      return H[static_cast<size_t>(a) * C + static_cast<size_t>(a)] > H[static_cast<size_t>(b) * C + static_cast<size_t>(b)];
+      return diag[static_cast<size_t>(a)] > diag[static_cast<size_t>(b)];
     });
 
   // Groups' parameters. With act-order they are static: taken from the (dead-zeroed) original
@@ -186,26 +188,26 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   if (options.act_order)
     for (int64_t g = 0; g < n_groups; ++g) QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
 
-  // Permute W's columns and H.
+  // Permute W's columns (H is permuted as U is built).
   if (options.act_order) {
-    std::vector<double> Wp(W.size()), Hp(H.size());
+    std::vector<double> Wp(W.size());
     for (int64_t r = 0; r < rows; ++r)
       for (size_t j = 0; j < C; ++j) Wp[static_cast<size_t>(r) * C + j] = W[static_cast<size_t>(r) * C + static_cast<size_t>(perm[j])];
-    for (size_t i = 0; i < C; ++i)
-      for (size_t j = 0; j < C; ++j) Hp[i * C + j] = H[static_cast<size_t>(perm[i]) * C + static_cast<size_t>(perm[j])];
     W.swap(Wp);
-    H.swap(Hp);
   }
 
   // Dampening, raised tenfold on each Cholesky failure.
   double mean_diag = 0;
-  for (size_t j = 0; j < C; ++j) mean_diag += H[j * C + j];
+  for (size_t j = 0; j < C; ++j) mean_diag += diag[j];
   mean_diag /= static_cast<double>(C);
   double damp = options.damp;
-  std::vector<double> U;
+  std::vector<double> U(C * C);
   for (int attempt = 0;; ++attempt) {
-    U = H;
-    for (size_t j = 0; j < C; ++j) U[j * C + j] += damp * mean_diag;
+    for (size_t i = 0; i < C; ++i) {
+      const size_t pi = static_cast<size_t>(perm[i]);
+      for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[pi * C + static_cast<size_t>(perm[j])] * norm;
+      U[i * C + i] = diag[pi] + damp * mean_diag;
+    }
     if (cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols)) break;
     if (attempt >= options.max_damp_raises)
       return Status::error(ErrorCode::internal, "GPTQ: the Hessian stays indefinite with dampening " + std::to_string(damp));
@@ -308,9 +310,9 @@ StatsRequest GptqProcessor::stats_request() const {
 Status GptqProcessor::process_block(BlockContext& ctx) {
   Model& model = ctx.model();
   for (size_t gi = 0; gi < ctx.groups().size(); ++gi) {
-    // Sequential mode: the inputs of this group are re-collected with the earlier groups of the
-    // block already quantized (the first group's inputs do not depend on the block).
-    if (options_.sequential && gi > 0) QFORGE_RETURN_IF_ERROR(ctx.recollect({static_cast<int>(gi)}));
+    // Sequential mode: each group's inputs are collected with the earlier groups of the block
+    // already quantized (the pipeline collected nothing up front, see collects_itself()).
+    if (options_.sequential) QFORGE_RETURN_IF_ERROR(ctx.recollect({static_cast<int>(gi)}));
     InputGroup& g = ctx.groups()[gi];
     for (const LinearSite& site : g.sites) {
       QFORGE_RETURN_IF_ERROR(check_interrupted("gptq"));

@@ -284,7 +284,8 @@ Status CalibrationPipeline::run(BlockProcessor& processor) {
     if (options_.on_block_start) options_.on_block_start(L);
     BlockContext ctx(*this, model_, L);
     for (auto& sites : block_input_groups(model_, L)) ctx.groups_.push_back({std::move(sites), {}});
-    const bool needs_stats = request_.hessian || request_.moments || request_.sample_tokens > 0;
+    const bool needs_stats =
+        !processor.collects_itself() && (request_.hessian || request_.moments || request_.sample_tokens > 0);
     if (needs_stats) QFORGE_RETURN_IF_ERROR(collect_into(L, request_, ctx.groups_, {}));
     QFORGE_RETURN_IF_ERROR(processor.process_block(ctx).with_context(processor.name() + ", layer " + std::to_string(L)));
     ctx.groups_.clear();

@@ -370,17 +370,25 @@ class Runner {
     };
     std::vector<Item> items;
     int64_t max_keys = 0;
+    int64_t work = 0;  // multiply-adds of the two GEMMs, roughly
     for (size_t si = 0; si < b_.spans.size(); ++si) {
       const Span& s = b_.spans[si];
       max_keys = std::max(max_keys, s.past + s.n);
       for (int64_t h = 0; h < c_.num_heads; ++h)
-        for (int64_t r0 = 0; r0 < s.n; r0 += kRowBlock)
-          items.push_back({static_cast<int64_t>(si), h, r0, std::min(kRowBlock, s.n - r0)});
+        for (int64_t r0 = 0; r0 < s.n; r0 += kRowBlock) {
+          const int64_t rows = std::min(kRowBlock, s.n - r0);
+          items.push_back({static_cast<int64_t>(si), h, r0, rows});
+          work += 2 * rows * (s.past + r0 + rows) * hd;
+        }
     }
     const int64_t n_items = static_cast<int64_t>(items.size());
-    const int blas_threads = n_items > 1 ? set_blas_threads(1) : 0;
+    // Below ~100k multiply-adds a parallel region costs more than it saves (and on a busy machine
+    // a region waits for a descheduled thread): tiny models and short decodes stay serial.
+    const bool parallel = n_items > 1 && work >= (int64_t{1} << 17);
+    // Every attention GEMM is small (one head, one row block): BLAS runs them single-threaded.
+    const int blas_threads = set_blas_threads(1);
     constexpr float kMasked = -std::numeric_limits<float>::infinity();
-#pragma omp parallel if (n_items > 1)
+#pragma omp parallel if (parallel)
     {
       std::vector<float> scores(static_cast<size_t>(kRowBlock * max_keys));
 #pragma omp for schedule(dynamic, 1)

@@ -43,11 +43,17 @@ void matmul_f32_wt(const float* x, int64_t n_tokens, const float* w, int64_t out
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   QFORGE_CHECK(n_tokens <= kMax && out_features <= kMax && in_features <= kMax);
   const int m = static_cast<int>(n_tokens), n = static_cast<int>(out_features), k = static_cast<int>(in_features);
+  // OpenBLAS splits products far smaller than a thread hand-off is worth (sgemv from ~10k
+  // elements); below ~1M multiply-adds run them on the calling thread. Tiny models decode many
+  // times faster, and a busy machine no longer stalls every call on a descheduled BLAS thread.
+  const bool small = static_cast<int64_t>(m) * n * k < (int64_t{1} << 20);
+  const int previous_threads = small ? set_blas_threads(1) : 0;
   if (m == 1) {
     cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, 0.0f, y, 1);
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
   }
+  if (previous_threads > 1) set_blas_threads(previous_threads);
 }
 
 DenseLinear::DenseLinear(Tensor weight, std::vector<float> bias)

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -1063,6 +1064,44 @@ TEST(GgufCli, BadInputsFailWithMessagesNamingTheProblem) {
   // packed-format options stay where they were.
   EXPECT_EQ(run_command(quote(cli_path()) + " quantize " + quote(in) + " --out x.safetensors --type Q4_K_M 2>&1", &out), 1);
   EXPECT_NE(out.find("--type applies to --format gguf"), std::string::npos) << out;
+}
+
+
+// End to end: `qforge convert` output runs in qforge's engine (which undoes nothing by name: it
+// applies interleaved RoPE to the permuted rows, as llama.cpp does) and reproduces the PyTorch
+// golden logits of ref-llama-25m, so the permutation, the metadata-derived config and the
+// tensor names all agree with the HF model.
+TEST(GgufCli, ConvertedRefLlama25mReproducesTheGoldenLogits) {
+  QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
+  const std::string model = shared_dir() + "/models/ref-llama-25m";
+  const std::string f32 = temp_dir() + "/25m-golden.gguf";
+  std::string out;
+  ASSERT_EQ(run_command(quote(cli_path()) + " convert " + quote(model) + " --type f32 --out " + quote(f32) + " 2>&1", &out), 0)
+      << out;
+  Expected<Model> m = Model::load(f32);
+  ASSERT_TRUE(m.has_value()) << m.status().message();
+  Expected<SafetensorsFile> golden = SafetensorsFile::open(model + "/golden_logits.safetensors");
+  ASSERT_TRUE(golden.has_value()) << golden.status().message();
+  Expected<Tensor> ids_t = golden->tensor("input_ids");
+  ASSERT_TRUE(ids_t.has_value());
+  ASSERT_EQ(ids_t->dtype(), DType::i32);
+  Tensor ids32 = ids_t->contiguous();
+  Expected<Tensor> ref = golden->tensor("logits");
+  ASSERT_TRUE(ref.has_value());
+  Expected<Tensor> ref32 = ref->contiguous().to_f32();
+  ASSERT_TRUE(ref32.has_value());
+  Expected<Tensor> logits = m->forward_batch(ids32.data_as<int32_t>(), ids32.dim(0), ids32.dim(1));
+  ASSERT_TRUE(logits.has_value()) << logits.status().message();
+  ASSERT_EQ(logits->numel(), ref32->numel());
+  const float* a = logits->data_as<float>();
+  const float* b = ref32->data_as<float>();
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < logits->numel(); ++i) {
+    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  const double err = std::sqrt(diff / norm), allowed = 1e-4;
+  EXPECT_LE(err, allowed) << "relative error of the converted GGUF's logits " << err << ", allowed " << allowed;
 }
 
 }  // namespace

@@ -84,7 +84,7 @@ TEST(PtqCli, GptqResumeAfterCrashIsByteIdentical) {
 
   auto pf = PackedFile::open(a);
   ASSERT_TRUE(pf.has_value()) << pf.status().message();
-  EXPECT_EQ(pf->quantized().size(), 2u * 7u + 1u);  // 7 linears per block, plus the untied head (RTN)
+  EXPECT_EQ(pf->quantized().size(), 2u * 7u);  // 7 linears per block (the default selection keeps the head)
   const auto meta = pf->user_metadata();
   ASSERT_TRUE(meta.count("calibration.sha256"));
   EXPECT_EQ(meta.at("calibration.sha256").size(), 64u);
@@ -192,7 +192,7 @@ TEST(PtqCli, ImatrixRoundTripsThroughTheReader) {
   // And the GGUF quantizer takes it.
   const std::string gguf = f.dir + "/q.gguf";
   ASSERT_EQ(run_command(quote(cli_path()) + " quantize " + quote(f.model) + " --format gguf --type Q4_K_M --imatrix " +
-                            quote(im) + " --tokenizer " + quote(f.tokenizer) + " --allow-fallback --out " + quote(gguf) +
+                            quote(im) + " --no-vocab --allow-fallback --out " + quote(gguf) +
                             " 2>&1",
                         &log),
             0)

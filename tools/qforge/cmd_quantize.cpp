@@ -176,7 +176,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     bool verbose = false;
     GgufQuantizeRequest gguf;  // --format gguf
     CalibratedQuantizeRequest calib;  // --method / --calib
-    std::string calib_hidden = "f32";
+    std::string calib_hidden = "bf16";
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -252,11 +252,12 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_flag("!--no-sequential", c.gptq.sequential,
                 "[gptq] Collect every linear's inputs once per block with the unquantized block (default: each "
                 "group's inputs after the earlier groups of the block were quantized)");
-  cmd->add_option("--calib-batch", c.batch_windows, "[packed] Calibration windows run through a block at once (default 2)")
+  c.batch_windows = 1;
+  cmd->add_option("--calib-batch", c.batch_windows, "[packed] Calibration windows run through a block at once (default 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   cmd->add_option("--calib-hidden", opt->calib_hidden,
-                  "[packed] Storage of the calibration hidden states between blocks: f32 (default) or bf16 (half "
-                  "the memory)")
+                  "[packed] Storage of the calibration hidden states between blocks: bf16 (default, half the "
+                  "memory; blocks still compute in f32) or f32")
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--resume", c.resume, "[packed] Continue an interrupted calibrated run from its last finished block");
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")

@@ -3,13 +3,17 @@
 //
 // Resume state, in "<out>.qforge-resume/" (every file written atomically):
 //   block-NNN.safetensors  the quantized weights of block NNN (packed layout)
-//   hidden-NNN.f32         the hidden states entering block NNN (raw little-endian f32)
+//   hidden-NNN.bin         the hidden states entering block NNN (raw little-endian, --calib-hidden dtype)
 //   state.json             {"fingerprint": ..., "blocks_done": N, "hidden_sha256": ...}, written
 //                          after the files it points at, so it never names a partial state
 // The fingerprint covers everything that determines the result (input files, scheme, method
 // options, calibration set and options); --resume refuses state from a different run. The state is
 // removed once the output is written.
 #include <nlohmann/json.hpp>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <csignal>
 #include <cstring>
@@ -42,7 +46,7 @@ std::string block_file(const std::string& dir, int layer) {
 
 std::string hidden_file(const std::string& dir, int layer) {
   char name[64];
-  std::snprintf(name, sizeof(name), "hidden-%03d.f32", layer);
+  std::snprintf(name, sizeof(name), "hidden-%03d.bin", layer);
   return (fs::path(dir) / name).string();
 }
 
@@ -98,6 +102,15 @@ Expected<std::vector<uint8_t>> read_hidden(const std::string& path, size_t nbyte
 
 // Test hook: QFORGE_QUANTIZE_CRASH_AFTER_BLOCK=N kills the process (SIGKILL, no cleanup) right after
 // block N's state was saved, to test --resume against a real crash.
+// Returns freed heap memory to the system: tokenizing the whole calibration file and loading the
+// model leave tens of MB of freed heap that glibc would otherwise keep for the whole run, which
+// counts against the pipeline's memory bound.
+void release_free_heap() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
 int crash_after_block() {
   const char* v = std::getenv("QFORGE_QUANTIZE_CRASH_AFTER_BLOCK");
   return v ? std::atoi(v) : -1;
@@ -137,6 +150,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   Model& model = loaded.model;
   QFORGE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, load_cli_tokenizer(spec, loaded));
   QFORGE_ASSIGN_OR_RETURN(CalibrationSet calib, load_calibration_set(req.calib, *tok, req.calib_options));
+  release_free_heap();
   std::fprintf(stderr, "calibration: %s (sha256 %.16s..., %lld tokens): %lld windows x %lld tokens, seed %llu\n",
                calib.path.c_str(), calib.sha256.c_str(), static_cast<long long>(calib.file_tokens),
                static_cast<long long>(calib.windows), static_cast<long long>(calib.ctx),
