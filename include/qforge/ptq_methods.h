@@ -65,6 +65,7 @@ class ActQuantProcessor final : public BlockProcessor {
   }
   std::string name() const override { return inner_->name() + "+" + act_scheme_name(scheme_); }
   StatsRequest stats_request() const override { return inner_->stats_request(); }
+  bool collects_itself() const override { return inner_->collects_itself(); }
   Status process_block(BlockContext& ctx) override;
   BlockProcessor& inner() { return *inner_; }
   const ActQuantRecord& record() const { return record_; }

@@ -106,6 +106,7 @@ void rescale_group_stats(InputStats& st, const std::vector<float>& s) {
   awq_rescale_stats(st.hessian.empty() ? nullptr : st.hessian.data(), st.sum_abs.empty() ? nullptr : st.sum_abs.data(),
                     in, s.data());
   for (size_t j = 0; j < st.absmax.size() && j < s.size(); ++j) st.absmax[j] /= s[j];
+  for (size_t j = 0; j < st.sum_sq.size() && j < s.size(); ++j) st.sum_sq[j] /= static_cast<double>(s[j]) * s[j];
 }
 
 }  // namespace
@@ -173,7 +174,8 @@ Status AwqProcessor::process_block(BlockContext& ctx) {
     }
   }
   // The inner quantizer sees the block as it now is.
-  if (inner_->stats_request().hessian || inner_->stats_request().moments) QFORGE_RETURN_IF_ERROR(ctx.recollect());
+  if (!inner_->collects_itself() && (inner_->stats_request().hessian || inner_->stats_request().moments))
+    QFORGE_RETURN_IF_ERROR(ctx.recollect());
   return inner_->process_block(ctx);
 }
 
@@ -206,7 +208,7 @@ Status SmoothQuantProcessor::process_block(BlockContext& ctx) {
     rescale_group_stats(g.stats, s);
     changed = true;
   }
-  if (changed && (inner_->stats_request().hessian || inner_->stats_request().moments))
+  if (changed && !inner_->collects_itself() && (inner_->stats_request().hessian || inner_->stats_request().moments))
     QFORGE_RETURN_IF_ERROR(ctx.recollect());
   return inner_->process_block(ctx);
 }
