@@ -97,16 +97,17 @@ struct GemvSetup {
   size_t bytes = 0;
 };
 
-void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t cols) {
+void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t cols,
+             qforge::kernels::ActPrecision precision) {
   set_threads();
   GemvSetup s;
   {
     qforge::QuantizedTensor q = make_weight(scheme, rows, cols);
-    KernelMatrix m = KernelMatrix::create(q).value();
+    KernelMatrix m = KernelMatrix::create(q, precision).value();
     s.bytes = m.weight_bytes();
     const size_t copies = std::max<size_t>(2, std::min<size_t>(16, (size_t{256} << 20) / s.bytes + 1));
     s.copies.push_back(std::move(m));
-    for (size_t i = 1; i < copies; ++i) s.copies.push_back(KernelMatrix::create(q).value());
+    for (size_t i = 1; i < copies; ++i) s.copies.push_back(KernelMatrix::create(q, precision).value());
   }
   std::vector<float> x(static_cast<size_t>(cols), 0.5f), y(static_cast<size_t>(rows));
   size_t i = 0;
@@ -210,13 +211,20 @@ int main(int argc, char** argv) {
   measure_baselines();
   benchmark::RegisterBenchmark("BM_ReadBandwidth", BM_ReadBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
   const int64_t shapes[][2] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+  // "/a8": int8 activations (llama.cpp's Q8_0/Q8_K); default int8x2 (see kernels.h).
   for (const char* s : kGemvSchemes)
     for (const auto& shape : shapes)
-      benchmark::RegisterBenchmark(
-          (std::string("BM_Gemv/") + s + "/" + std::to_string(shape[0]) + "x" + std::to_string(shape[1])).c_str(),
-          BM_Gemv, std::string(s), shape[0], shape[1])
-          ->UseRealTime()
-          ->Unit(benchmark::kMicrosecond);
+      for (auto p : {qforge::kernels::ActPrecision::int8x2, qforge::kernels::ActPrecision::int8}) {
+        const std::string sn(s);
+        const bool float_act = sn == "f16" || sn == "bf16" || sn == "int4-g128-asym";
+        if (float_act && p == qforge::kernels::ActPrecision::int8) continue;
+        benchmark::RegisterBenchmark((std::string("BM_Gemv/") + s + (p == qforge::kernels::ActPrecision::int8 ? "-a8/" : "/") +
+                                      std::to_string(shape[0]) + "x" + std::to_string(shape[1]))
+                                         .c_str(),
+                                     BM_Gemv, sn, shape[0], shape[1], p)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
   benchmark::RegisterBenchmark("BM_Sgemm", BM_Sgemm)->RangeMultiplier(2)->Range(64, 512)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (const char* s : kGemmSchemes)
     benchmark::RegisterBenchmark((std::string("BM_Gemm/") + s).c_str(), BM_Gemm, std::string(s))

@@ -90,6 +90,11 @@ class KernelMatrix {
   std::unique_ptr<Impl> impl_;
 };
 
+// KernelLinear runs batches of at least this many tokens as dequantize + BLAS sgemm instead of
+// the quantized GEMM (0: never). QFORGE_DENSE_GEMM_TOKENS sets it (read once); default 16.
+int64_t dense_gemm_min_tokens();
+void set_dense_gemm_min_tokens(int64_t tokens);
+
 // Formats that have kernels, in registry order (for tests and benchmarks).
 std::vector<FormatId> kernel_formats();
 

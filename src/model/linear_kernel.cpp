@@ -1,6 +1,7 @@
 // KernelLinear: a Linear running the fast CPU kernels (include/qforge/kernels.h) on the weight as
 // stored (GGUF blocks, int8/int4 planes, f16/bf16), without dequantizing it.
 #include <string>
+#include <vector>
 
 #include "model/model_impl.h"
 #include "qforge/kernels.h"
@@ -19,7 +20,17 @@ Expected<std::unique_ptr<KernelLinear>> KernelLinear::create(const QuantizedTens
 }
 
 void KernelLinear::forward(const float* x, int64_t n_tokens, float* y) const {
-  matrix_.matmul(x, n_tokens, y);
+  const int64_t dense_from = kernels::dense_gemm_min_tokens();
+  if (dense_from > 0 && n_tokens >= dense_from) {
+    // Large batches: dequantizing once and running BLAS sgemm beats the quantized GEMM here
+    // (docs/_fragments/kernels-results.md), as ggml's BLAS backend also does for big batches.
+    thread_local std::vector<float> w;
+    w.resize(static_cast<size_t>(out_features()) * static_cast<size_t>(in_features()));
+    matrix_.dense_weight(w.data());
+    matmul_f32_wt(x, n_tokens, w.data(), out_features(), in_features(), y);
+  } else {
+    matrix_.matmul(x, n_tokens, y);
+  }
   add_bias(y, n_tokens);
 }
 

@@ -482,6 +482,21 @@ TEST(CpuKernels, KernelLinearMatchesQuantizedLinearAndDenseWeight) {
       EXPECT_LE(std::fabs(static_cast<double>(yk[i]) - yq[i]), allowed) << name << " output " << i;
     }
   }
+  // Batches from dense_gemm_min_tokens() on run dequantize + sgemm: exactly QuantizedLinear's path.
+  {
+    const int64_t saved = kernels::dense_gemm_min_tokens();
+    kernels::set_dense_gemm_min_tokens(3);
+    const QuantizedTensor q = quantize_random(scheme_of("q4_k"), 24, 512, rng);
+    auto k = KernelLinear::create(q);
+    auto ql = QuantizedLinear::create(q);
+    ASSERT_TRUE(k.has_value() && ql.has_value());
+    const std::vector<float> x = random_floats(5 * 512, rng);
+    std::vector<float> yk(5 * 24), yq(yk.size());
+    (*k)->forward(x.data(), 5, yk.data());
+    (*ql)->forward(x.data(), 5, yq.data());
+    EXPECT_EQ(0, std::memcmp(yk.data(), yq.data(), yk.size() * 4));
+    kernels::set_dense_gemm_min_tokens(saved);
+  }
   auto bad = KernelLinear::create(quantize_random(scheme_of("q8_0"), 4, 32, rng), std::vector<float>(3));
   EXPECT_FALSE(bad.has_value());
 }

@@ -133,6 +133,26 @@ Isa set_active_isa(Isa isa) {
   return active_storage();
 }
 
+namespace {
+int64_t& dense_gemm_storage() {
+  static int64_t tokens = [] {
+    const char* env = std::getenv("QFORGE_DENSE_GEMM_TOKENS");
+    if (env == nullptr || *env == '\0') return int64_t{16};
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end == env || *end != '\0' || v < 0) {
+      std::fprintf(stderr, "qforge: warning: QFORGE_DENSE_GEMM_TOKENS=%s is not a count >= 0; using 16\n", env);
+      return int64_t{16};
+    }
+    return static_cast<int64_t>(v);
+  }();
+  return tokens;
+}
+}  // namespace
+
+int64_t dense_gemm_min_tokens() { return dense_gemm_storage(); }
+void set_dense_gemm_min_tokens(int64_t tokens) { dense_gemm_storage() = tokens < 0 ? 0 : tokens; }
+
 // ---- KernelMatrix --------------------------------------------------------------------------------
 
 namespace {
