@@ -67,16 +67,16 @@ void register_backend() {
 // ---------------------------------------------------------------- DeviceBuffer
 Expected<DeviceBuffer> DeviceBuffer::allocate(size_t bytes) {
   DeviceBuffer b;
-  if (bytes == 0) return std::move(b);
+  if (bytes == 0) return Expected<DeviceBuffer>(std::move(b));
   QFORGE_CUDA_TRY(cudaMalloc(&b.ptr_, bytes));
   b.bytes_ = bytes;
-  return std::move(b);
+  return Expected<DeviceBuffer>(std::move(b));
 }
 
 Expected<DeviceBuffer> DeviceBuffer::upload(const void* host, size_t bytes) {
   QFORGE_ASSIGN_OR_RETURN(DeviceBuffer b, allocate(bytes));
   if (bytes) QFORGE_CUDA_TRY(cudaMemcpy(b.ptr_, host, bytes, cudaMemcpyHostToDevice));
-  return std::move(b);
+  return Expected<DeviceBuffer>(std::move(b));
 }
 
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}

@@ -148,7 +148,7 @@ Expected<DeviceQuantizedTensor> upload(const QuantizedTensor& q) {
   QFORGE_ASSIGN_OR_RETURN(d.codes, DeviceBuffer::upload(q.codes.data(), q.codes.size()));
   QFORGE_ASSIGN_OR_RETURN(d.scales, DeviceBuffer::upload(q.scales.data(), q.scales.size()));
   QFORGE_ASSIGN_OR_RETURN(d.zeros, DeviceBuffer::upload(q.zeros.data(), q.zeros.size()));
-  return std::move(d);
+  return Expected<DeviceQuantizedTensor>(std::move(d));
 }
 
 Status dequantize(Context& ctx, const DeviceQuantizedTensor& q, void* out, ActType out_type) {

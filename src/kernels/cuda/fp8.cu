@@ -149,7 +149,7 @@ Expected<Fp8Weights> fp8_upload(const QuantizedTensor& q) {
   w.per_row = per_row;
   QFORGE_ASSIGN_OR_RETURN(w.codes, DeviceBuffer::upload(q.codes.data(), q.codes.size()));
   QFORGE_ASSIGN_OR_RETURN(w.scales, DeviceBuffer::upload(q.scales.data(), q.scales.size()));
-  return std::move(w);
+  return Expected<Fp8Weights>(std::move(w));
 }
 
 Status fp8_gemm(Context& ctx, const Fp8Weights& w, const void* x_bf16, void* y_bf16, int64_t m) {

@@ -513,7 +513,7 @@ Expected<W4A16Weights> w4a16_upload(const W4A16Host& h) {
     QFORGE_ASSIGN_OR_RETURN(w.zeros, DeviceBuffer::upload(h.zeros.data(), h.zeros.size()));
   }
   QFORGE_RETURN_IF_ERROR(check_weights(w));
-  return std::move(w);
+  return Expected<W4A16Weights>(std::move(w));
 }
 
 Status w4a16_dequantize(Context& ctx, const W4A16Weights& w, void* out) {

@@ -228,7 +228,7 @@ Expected<W8A8Weights> w8a8_upload(const QuantizedTensor& q) {
   w.k = k;
   QFORGE_ASSIGN_OR_RETURN(w.q, DeviceBuffer::upload(codes.data(), codes.size()));
   QFORGE_ASSIGN_OR_RETURN(w.scales, DeviceBuffer::upload(scales.data(), scales.size() * sizeof(float)));
-  return std::move(w);
+  return Expected<W8A8Weights>(std::move(w));
 }
 
 Status quantize_rows_int8(Context& ctx, const void* x_bf16, int64_t m, int64_t k, void* x_q, void* x_scale) {
