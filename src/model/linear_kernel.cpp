@@ -23,7 +23,7 @@ void KernelLinear::forward(const float* x, int64_t n_tokens, float* y) const {
   const int64_t dense_from = kernels::dense_gemm_min_tokens();
   if (dense_from > 0 && n_tokens >= dense_from) {
     // Large batches: dequantizing once and running BLAS sgemm beats the quantized GEMM here
-    // (docs/_fragments/kernels-results.md), as ggml's BLAS backend also does for big batches.
+    // (docs/BENCHMARKS.md, "CPU kernels"), as ggml's BLAS backend also does for big batches.
     thread_local std::vector<float> w;
     w.resize(static_cast<size_t>(out_features()) * static_cast<size_t>(in_features()));
     matrix_.dense_weight(w.data());
