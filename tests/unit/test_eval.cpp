@@ -16,26 +16,13 @@
 #include "eval/softmax_rows.h"
 #include "qforge/eval.h"
 #include "qforge/model.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace qforge {
 namespace {
 
-class MapSource final : public TensorSource {
- public:
-  std::map<std::string, Tensor> tensors;
-  std::vector<std::string> tensor_names() const override {
-    std::vector<std::string> n;
-    for (const auto& [k, v] : tensors) n.push_back(k);
-    return n;
-  }
-  Expected<Tensor> tensor(const std::string& name) const override {
-    auto it = tensors.find(name);
-    if (it == tensors.end()) return parse_error("no " + name);
-    return it->second;
-  }
-  std::string label() const override { return "synthetic"; }
-};
+using MapSource = test::MapTensorSource;
 
 ModelConfig tiny_config() {
   ModelConfig c;

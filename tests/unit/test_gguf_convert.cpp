@@ -23,6 +23,7 @@
 #include "qforge/progress.h"
 #include "qforge/safetensors.h"
 #include "qforge/sha256.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace qforge {
@@ -1093,14 +1094,8 @@ TEST(GgufCli, ConvertedRefLlama25mReproducesTheGoldenLogits) {
   Expected<Tensor> logits = m->forward_batch(ids32.data_as<int32_t>(), ids32.dim(0), ids32.dim(1));
   ASSERT_TRUE(logits.has_value()) << logits.status().message();
   ASSERT_EQ(logits->numel(), ref32->numel());
-  const float* a = logits->data_as<float>();
-  const float* b = ref32->data_as<float>();
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < logits->numel(); ++i) {
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  const double err = std::sqrt(diff / norm), allowed = 1e-4;
+  const double err = test::relative_l2_error(logits->data_as<float>(), ref32->data_as<float>(), logits->numel());
+  const double allowed = 1e-4;
   EXPECT_LE(err, allowed) << "relative error of the converted GGUF's logits " << err << ", allowed " << allowed;
 }
 

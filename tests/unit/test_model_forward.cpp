@@ -10,21 +10,14 @@
 
 #include "qforge/model.h"
 #include "qforge/safetensors.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace qforge {
 namespace {
 
 // ||out - ref|| / ||ref||
-double rel_error(const float* out, const float* ref, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(out[i]) - ref[i];
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::relative_l2_error;
 
 std::vector<float> read_f32(const SafetensorsFile& f, const std::string& name) {
   auto t = f.tensor(name);
@@ -67,7 +60,7 @@ TEST(ModelForward, HfGoldensMatchTransformers) {
     auto logits = model->forward_batch(ids.data(), shape[0], shape[1]);
     ASSERT_TRUE(logits.has_value()) << logits.status().to_string();
     ASSERT_EQ(logits->numel(), static_cast<int64_t>(ref.size()));
-    const double err = rel_error(logits->data_as<float>(), ref.data(), logits->numel());
+    const double err = relative_l2_error(logits->data_as<float>(), ref.data(), logits->numel());
     std::printf("  %-18s relative error %.3g (allowed %.0e)\n", arch, err, allowed);
     EXPECT_LE(err, allowed) << arch << ": relative error " << err << ", allowed " << allowed;
   }
@@ -88,7 +81,7 @@ TEST(ModelForward, BertGoldenLastHiddenState) {
   ASSERT_TRUE(out.has_value()) << out.status().to_string();
   ASSERT_EQ(out->last_hidden_state.numel(), static_cast<int64_t>(ref.size()));
   const double allowed = 1e-5;
-  const double err = rel_error(out->last_hidden_state.data_as<float>(), ref.data(), out->last_hidden_state.numel());
+  const double err = relative_l2_error(out->last_hidden_state.data_as<float>(), ref.data(), out->last_hidden_state.numel());
   std::printf("  bert last_hidden_state relative error %.3g (allowed %.0e)\n", err, allowed);
   EXPECT_LE(err, allowed) << "relative error " << err << ", allowed " << allowed;
 
@@ -103,7 +96,7 @@ TEST(ModelForward, BertGoldenLastHiddenState) {
       for (int64_t d = 0; d < H; ++d) mean[static_cast<size_t>(d)] += ref[static_cast<size_t>((b * T + t) * H + d)];
     }
     for (auto& v : mean) v = static_cast<float>(v / count);
-    const double e = rel_error(out->mean_pooled.data_as<float>() + b * H, mean.data(), H);
+    const double e = relative_l2_error(out->mean_pooled.data_as<float>() + b * H, mean.data(), H);
     EXPECT_LE(e, allowed) << "mean pooled row " << b << ": relative error " << e << ", allowed " << allowed;
   }
   EXPECT_EQ(out->pooler_output.shape(), (Shape{shape[0], H}));
@@ -147,7 +140,7 @@ TEST(ModelForward, RefLlama25mGoldenLogits) {
   ASSERT_TRUE(logits.has_value()) << logits.status().to_string();
   ASSERT_EQ(logits->numel(), static_cast<int64_t>(r->logits.size()));
   const double allowed = 1e-4;
-  const double err = rel_error(logits->data_as<float>(), r->logits.data(), logits->numel());
+  const double err = relative_l2_error(logits->data_as<float>(), r->logits.data(), logits->numel());
   std::printf("  ref-llama-25m relative error %.3g (allowed %.0e)\n", err, allowed);
   EXPECT_LE(err, allowed) << "relative error " << err << ", allowed " << allowed;
 }
@@ -162,13 +155,13 @@ void check_incremental_decode(Model& model, const std::vector<int32_t>& ids, int
   Tensor logits;
   TokenChunk first{0, std::span<const int32_t>(ids.data(), static_cast<size_t>(prefill))};
   ASSERT_TRUE(model.forward({&first, 1}, *cache, LogitsMode::all, &logits).is_ok());
-  double worst = rel_error(logits.data_as<float>(), full->data_as<float>(), prefill * V);
+  double worst = relative_l2_error(logits.data_as<float>(), full->data_as<float>(), prefill * V);
   for (int64_t t = prefill; t < T; ++t) {
     TokenChunk step{0, std::span<const int32_t>(ids.data() + t, 1)};
     Status s = model.forward({&step, 1}, *cache, LogitsMode::last, &logits);
     ASSERT_TRUE(s.is_ok()) << s.to_string();
     ASSERT_EQ(logits.shape(), (Shape{1, V}));
-    worst = std::max(worst, rel_error(logits.data_as<float>(), full->data_as<float>() + t * V, V));
+    worst = std::max(worst, relative_l2_error(logits.data_as<float>(), full->data_as<float>() + t * V, V));
   }
   EXPECT_EQ(cache->length(0), T);
   std::printf("  incremental decode: worst relative error %.3g (allowed %.0e)\n", worst, allowed);
@@ -220,8 +213,8 @@ TEST(ModelForward, BatchOfSequencesEqualsEachAlone) {
   Tensor logits;
   ASSERT_TRUE(m.forward(chunks, *cache, LogitsMode::all, &logits).is_ok());
   ASSERT_EQ(logits.shape(), (Shape{24 + 13, V}));
-  const double ea = rel_error(logits.data_as<float>(), alone_a->data_as<float>(), 24 * V);
-  const double eb = rel_error(logits.data_as<float>() + 24 * V, alone_b->data_as<float>(), 13 * V);
+  const double ea = relative_l2_error(logits.data_as<float>(), alone_a->data_as<float>(), 24 * V);
+  const double eb = relative_l2_error(logits.data_as<float>() + 24 * V, alone_b->data_as<float>(), 13 * V);
   std::printf("  batch vs alone: relative errors %.3g, %.3g (allowed %.0e)\n", ea, eb, kReorderTolerance);
   EXPECT_LE(ea, kReorderTolerance) << "sequence a: relative error " << ea << ", allowed " << kReorderTolerance;
   EXPECT_LE(eb, kReorderTolerance) << "sequence b: relative error " << eb << ", allowed " << kReorderTolerance;
@@ -235,8 +228,8 @@ TEST(ModelForward, BatchOfSequencesEqualsEachAlone) {
   TokenChunk mixed[] = {{1, std::span<const int32_t>(b.data(), 10)}, {0, std::span<const int32_t>(a.data() + 20, 1)}};
   ASSERT_TRUE(m.forward(mixed, *cache, LogitsMode::last, &logits).is_ok());
   ASSERT_EQ(logits.shape(), (Shape{2, V}));
-  const double e1 = rel_error(logits.data_as<float>(), alone_b->data_as<float>() + 9 * V, V);
-  const double e0 = rel_error(logits.data_as<float>() + V, alone_a->data_as<float>() + 20 * V, V);
+  const double e1 = relative_l2_error(logits.data_as<float>(), alone_b->data_as<float>() + 9 * V, V);
+  const double e0 = relative_l2_error(logits.data_as<float>() + V, alone_a->data_as<float>() + 20 * V, V);
   EXPECT_LE(e1, kReorderTolerance) << "prefilled sequence: relative error " << e1;
   EXPECT_LE(e0, kReorderTolerance) << "decoding sequence: relative error " << e0;
   EXPECT_EQ(cache->length(0), 21);

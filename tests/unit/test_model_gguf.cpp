@@ -12,32 +12,13 @@
 #include "qforge/gguf.h"
 #include "qforge/model.h"
 #include "qforge/safetensors.h"
+#include "model_test_support.h"
 #include "test_support.h"
 
 namespace qforge {
 namespace {
 
-double rel_error(const float* out, const float* ref, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(out[i]) - ref[i];
-    num += d * d;
-    den += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(num / den);
-}
-
-class MapSource final : public TensorSource {
- public:
-  std::map<std::string, Tensor> t;
-  std::vector<std::string> tensor_names() const override {
-    std::vector<std::string> n;
-    for (const auto& [k, v] : t) n.push_back(k);
-    return n;
-  }
-  Expected<Tensor> tensor(const std::string& name) const override { return t.at(name); }
-  std::string label() const override { return "dequantized"; }
-};
+using test::relative_l2_error;
 
 // llama.cpp convert_hf_to_gguf.py LlamaModel.permute: within each head, row 2i <- row i and
 // row 2i+1 <- row i + head_dim/2 (weights [heads * head_dim, in], biases [heads * head_dim]).
@@ -143,7 +124,7 @@ TEST(ModelGguf, HfGoldensThroughGgufMatchTransformers) {
     auto logits = model->forward_batch(ids.data_as<int32_t>(), ids.dim(0), ids.dim(1));
     ASSERT_TRUE(logits.has_value()) << logits.status().to_string();
     ASSERT_EQ(logits->numel(), ref.numel());
-    const double err = rel_error(logits->data_as<float>(), ref.data_as<float>(), ref.numel());
+    const double err = relative_l2_error(logits->data_as<float>(), ref.data_as<float>(), ref.numel());
     std::printf("  %-18s GGUF relative error %.3g (allowed 1e-5)\n", arch, err);
     EXPECT_LE(err, 1e-5);
   }
@@ -170,8 +151,8 @@ TEST(ModelGguf, BlockQuantizedTensorsAreDequantizedAtLoad) {
   // The same weights, dequantized here and loaded as plain tensors.
   GgufFile file = GgufFile::open(path).value();
   ModelConfig c = gguf_model_config(file).value();
-  MapSource src;
-  for (const GgufTensorInfo& info : file.tensors()) src.t[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
+  test::MapTensorSource src("dequantized");
+  for (const GgufTensorInfo& info : file.tensors()) src.tensors[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
   Model plain = Model::from_tensors(c, src, TensorNaming::gguf).value();
   const int32_t ids[6] = {1, 17, 300, 5, 99, 411};
   Tensor a = model->forward_batch(ids, 1, 6).value(), b = plain.forward_batch(ids, 1, 6).value();
@@ -271,8 +252,8 @@ TEST(ModelGguf, EveryGgufBlockFormatOfTheTableLoads) {
     ASSERT_TRUE(model.has_value()) << model.status().to_string();
     GgufFile file = GgufFile::open(path).value();
     EXPECT_EQ(file.find_tensor("blk.0.ffn_down.weight")->type, static_cast<GgmlType>(f.gguf_type));
-    MapSource src;
-    for (const GgufTensorInfo& info : file.tensors()) src.t[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
+    test::MapTensorSource src("dequantized");
+    for (const GgufTensorInfo& info : file.tensors()) src.tensors[info.name] = Tensor::from_f32(info.shape, expected.at(info.name));
     Model plain = Model::from_tensors(gguf_model_config(file).value(), src, TensorNaming::gguf).value();
     const int32_t ids[4] = {1, 7, 3, 5};
     Tensor a = model->forward_batch(ids, 1, 4).value(), b = plain.forward_batch(ids, 1, 4).value();
