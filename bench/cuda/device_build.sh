@@ -3,7 +3,9 @@
 # and bench_cuda with objects compiled on the CPU machine: a quick edit-measure loop when the CPU
 # machine is slow. Folder layout next to this script: include/, src/ (kernels/cuda/*.cu and the
 # headers they use), obj/ (libqforge.a, test_cuda_kernels.cpp.o, bench_cuda.cpp.o), lib/
-# (libgtest.a, libgtest_main.a, libfmt.so.9, libgomp.so.1).
+# (libgtest.a, libgtest_main.a, libfmt.so.9, libgomp.so.1, and for the GPTQ binaries, which call the CPU
+# GPTQ, libopenblas.so.0 with libgfortran.so.5 and libquadmath.so.0). bench/cuda/pack_device.sh
+# fills such a folder from a CPU-machine build.
 set -eu
 d=$(cd "$(dirname "$0")" && pwd)
 cd "$d"
@@ -26,4 +28,8 @@ link() {
 }
 link test_cuda_kernels obj/test_cuda_kernels.cpp.o lib/libgtest_main.a lib/libgtest.a
 link bench_cuda obj/bench_cuda.cpp.o
+if [ -f obj/test_cuda_gptq.cpp.o ]; then
+  link test_cuda_gptq obj/test_cuda_gptq.cpp.o lib/libgtest_main.a lib/libgtest.a lib/libopenblas.so.0
+  link bench_gptq obj/bench_gptq.cpp.o lib/libopenblas.so.0
+fi
 echo "device_build: built for $archs"
