@@ -22,14 +22,17 @@ for f in src/kernels/cuda/*.cu; do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
+blas=""
+[ -f lib/libopenblas.so.0 ] && blas=lib/libopenblas.so.0
 link() {
-  g++ -o "$1" "$2" kobj/*.o obj/libqforge.a "${@:3}" -L"$cuda_lib" -L/usr/local/cuda/lib64 \
+  # shellcheck disable=SC2086
+  g++ -o "$1" "$2" kobj/*.o obj/libqforge.a "${@:3}" $blas -L"$cuda_lib" -L/usr/local/cuda/lib64 \
     -lcublas -lcublasLt -lcusolver -lcudart_static lib/libfmt.so.9 -fopenmp -lpthread -ldl -lrt -Wl,-rpath,"$d/lib"
 }
 link test_cuda_kernels obj/test_cuda_kernels.cpp.o lib/libgtest_main.a lib/libgtest.a
 link bench_cuda obj/bench_cuda.cpp.o
 if [ -f obj/test_cuda_gptq.cpp.o ]; then
-  link test_cuda_gptq obj/test_cuda_gptq.cpp.o lib/libgtest_main.a lib/libgtest.a lib/libopenblas.so.0
-  link bench_gptq obj/bench_gptq.cpp.o lib/libopenblas.so.0
+  link test_cuda_gptq obj/test_cuda_gptq.cpp.o lib/libgtest_main.a lib/libgtest.a
+  link bench_gptq obj/bench_gptq.cpp.o
 fi
 echo "device_build: built for $archs"
