@@ -3,6 +3,8 @@
 // stories260K's tok512 tokenizer) and a generated calibration text.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -135,7 +137,7 @@ TEST(PtqCli, GptqIntoGgufReloadsMatchesPackedAndBeatsRtn) {
   QFORGE_REQUIRE_SHARED("models/stories260K");
   const Fixture f = make_fixture();
   const std::string g = f.dir + "/g.gguf", r = f.dir + "/r.gguf", p = f.dir + "/p.safetensors";
-  const std::string keep_f32 = " --pure --output-tensor-type F32 --token-embedding-type F32 --no-vocab";
+  const std::string keep_f32 = " --pure --output-tensor-type F32 --token-embedding-type F32 --no-vocab";  // tok512 is no SentencePiece model
   std::string log;
   ASSERT_EQ(run_command(calib_cmd(f, g, "--method gptq --format gguf --type Q4_0" + keep_f32), &log), 0) << log;
   ASSERT_EQ(run_command(calib_cmd(f, p, "--method gptq --scheme q4_0 --keep lm_head"), &log), 0) << log;
