@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <optional>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,9 @@ struct GgufQuantizeRequest {
   bool allow_fallback = false;
   bool dry_run = false;  // stop after the preflight
   GgufModelInputOptions input_options;
+  // Calibrated quantization into GGUF (quantize --calib --format gguf, cmd_quantize_calib.cpp):
+  // called after the preflight, before writing; sets the options' precomputed tensors.
+  std::function<Status(const GgufModelInput&, const GgufQuantizePlan&, GgufQuantizeOptions&)> calibrate;
 };
 
 // Opens the input, prints the preflight (always, before any work), stops on fallbacks /
