@@ -1,7 +1,9 @@
 // GPU GPTQ benchmark: Hessian accumulation (Σ x xᵀ in f64 from bf16 layer inputs) and
 // qforge::cuda::gptq_quantize of a rows x cols layer, wall-clock (host grids, transfers of the
 // weights and codes included). The CPU side is bench_gptq_cpu, run on the CPU machine.
-// Usage: bench_gptq [--rows 11008] [--cols 4096] [--tokens 524288] [--distinct 32768] [--reps 3]
+// Usage: bench_gptq [--rows 11008] [--cols 4096] [--tokens 524288] [--distinct 32768] [--reps 3] [--compare-cpu]
+// --compare-cpu also runs the CPU GPTQ (this machine's cores) on the same weights and Hessian and
+// counts the codes that differ from the GPU's.
 // --tokens are accumulated as passes over --distinct generated rows (the sum's cost depends only
 // on the token count).
 #include <algorithm>
@@ -37,6 +39,7 @@ void must(const Status& s, const char* what) {
 int main(int argc, char** argv) {
   int64_t rows = 11008, cols = 4096, tokens = 524288, distinct = 32768;
   int reps = 3;
+  bool compare_cpu = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : ""; };
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
     else if (a == "--tokens") tokens = std::atoll(next());
     else if (a == "--distinct") distinct = std::atoll(next());
     else if (a == "--reps") reps = std::atoi(next());
+    else if (a == "--compare-cpu") compare_cpu = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -95,6 +99,29 @@ int main(int argc, char** argv) {
     }
     std::sort(times.begin(), times.end());
     std::printf("| %s | %s | %.4f | %.4f | %.6g |\n", v.scheme, v.act_order ? "yes" : "no", times[times.size() / 2], times[0], loss);
+    if (compare_cpu) {
+      GptqResult g = must(cuda::gptq_quantize(*ctx, scheme, w.data(), rows, cols, h, opt), "gptq");
+      std::vector<double> s(static_cast<size_t>(cols * cols));
+      must(cuda::hessian_download(*ctx, h, s.data()), "download");
+      const auto t0 = clock::now();
+      GptqResult c = must(gptq_quantize(scheme, w.data(), rows, cols, s.data(), h.tokens, opt), "cpu gptq");
+      const double tc = std::chrono::duration<double>(clock::now() - t0).count();
+      int64_t diff = 0, diff_rows = 0, scales = 0;
+      std::vector<uint8_t> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        unpack_bits(g.q.codes.data() + r * g.q.packed_row_bytes(), cols, scheme.bits, a.data());
+        unpack_bits(c.q.codes.data() + r * c.q.packed_row_bytes(), cols, scheme.bits, b.data());
+        int64_t here = 0;
+        for (int64_t j = 0; j < cols; ++j) here += a[static_cast<size_t>(j)] != b[static_cast<size_t>(j)];
+        diff += here;
+        diff_rows += here > 0;
+      }
+      for (size_t i = 0; i < g.q.scales.size(); ++i) scales += g.q.scales[i] != c.q.scales[i];
+      std::printf("  vs CPU GPTQ on this machine's cores (%.2f s): %lld of %lld codes differ (%lld rows), %lld scale bytes differ, "
+                  "zeros %s; proxy loss %.9g vs %.9g\n",
+                  tc, static_cast<long long>(diff), static_cast<long long>(rows * cols), static_cast<long long>(diff_rows),
+                  static_cast<long long>(scales), g.q.zeros == c.q.zeros ? "equal" : "differ", g.proxy_loss, c.proxy_loss);
+    }
   }
   return 0;
 }

@@ -37,7 +37,7 @@ if [ $run_test = 1 ]; then
   fi
 fi
 if [ $run_bench = 1 ]; then
-  if [ $run_gptq = 1 ]; then OMP_WAIT_POLICY=passive "$d/bench_gptq" 2>&1 | tee "$out/bench_gptq.log"; fi
+  if [ $run_gptq = 1 ]; then OMP_WAIT_POLICY=passive "$d/bench_gptq" --compare-cpu 2>&1 | tee "$out/bench_gptq.log"; fi
   if [ $run_kbench = 1 ]; then
     "$d/bench_cuda" $quick 2>&1 | tee "$out/bench.log"
     PYTHONUNBUFFERED=1 timeout 300 python3 "$d/torch_peers.py" $quick 2>&1 | tee "$out/torch.log"

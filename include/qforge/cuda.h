@@ -104,6 +104,12 @@ enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2 };
 // split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS.
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m,
                   W4A16Path path = W4A16Path::automatic);
+// Benchmark knob of the fused kernel: a forced split-K count (0 = automatic). Process-wide, not
+// thread-safe: for bench_cuda --w4a16-variants.
+struct W4A16Tuning {
+  int splits = 0;
+};
+void w4a16_set_tuning(const W4A16Tuning& t);
 // Unpacks W to [N, K] values of its activation type (device), the dequant_gemm path's first step.
 Status w4a16_dequantize(Context& ctx, const W4A16Weights& w, void* out);
 
