@@ -177,6 +177,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     GgufQuantizeRequest gguf;  // --format gguf
     CalibratedQuantizeRequest calib;  // --method / --calib
     std::string calib_hidden = "bf16";
+    CardRequest card;  // --card-eval ...
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -263,6 +264,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
+  add_card_options(cmd, &opt->card);
   cmd->callback([opt, cmd, exit_code] {
     auto fail = [&](const Status& s) { *exit_code = report_error(s); };
     auto given = [&](const char* name) { return cmd->count(name) > 0; };
@@ -277,6 +279,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       if (opt->gguf.type.empty()) return fail(invalid_argument("--format gguf needs --type (e.g. --type Q4_K_M)"));
       opt->gguf.input = opt->input;
       opt->gguf.output = opt->output;
+      opt->gguf.card = opt->card;
       *exit_code = run_gguf_quantize(opt->gguf);
       return;
     }
@@ -335,12 +338,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       Expected<QuantizeSummary> cs = quantize_calibrated(creq);
       if (!cs) return fail(cs.status());
       print_quantize_summary(req, *cs, stdout);
+      if (Status st = write_calibrated_quantize_card(creq, *cs, opt->card); !st)
+        return fail(st.with_context("quantization card of " + req.output));
       *exit_code = 0;
       return;
     }
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);
+    CardRequest card = opt->card;
+    card.tokenizer = opt->gguf.input_options.tokenizer;
+    if (Status st = write_packed_quantize_card(req, *s, card); !st)
+      return fail(st.with_context("quantization card of " + req.output));
     *exit_code = 0;
   });
 }

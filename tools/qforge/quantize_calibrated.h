@@ -29,6 +29,7 @@ struct CalibratedQuantizeRequest {
   DType hidden_dtype = DType::f32;  // storage of the calibration hidden states (f32 or bf16)
   bool resume = false;
   bool verbose = false;
+  CardRequest card;  // the quantization card (card_build.h)
 };
 
 // The directory beside the output holding the per-block state (removed after success).
