@@ -144,7 +144,23 @@ std::string eval_reason(const Card& c) {
   return c.evaluation.measured ? "" : "not measured: " + c.evaluation.reason;
 }
 
-// Roles of tensors in layers, in first-appearance order.
+// Where a role sorts in charts: forward order through a block, then everything else by name.
+int role_rank(const std::string& role) {
+  static const char* const kOrder[] = {"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "mlp_gate", "mlp_up",
+                                       "mlp_down", "token_embedding", "output"};
+  for (size_t i = 0; i < sizeof(kOrder) / sizeof(kOrder[0]); ++i)
+    if (role == kOrder[i]) return static_cast<int>(i);
+  return 100;
+}
+
+void sort_roles(std::vector<std::string>& roles) {
+  std::stable_sort(roles.begin(), roles.end(), [](const std::string& a, const std::string& b) {
+    const int ra = role_rank(a), rb = role_rank(b);
+    return ra != rb ? ra < rb : a < b;
+  });
+}
+
+// Roles of the 2-D tensors, in chart order.
 std::vector<std::string> layer_roles(const Card& c, bool quantized_only) {
   std::vector<std::string> roles;
   std::set<std::string> seen;
@@ -152,8 +168,11 @@ std::vector<std::string> layer_roles(const Card& c, bool quantized_only) {
     if (t.shape.size() < 2 || (quantized_only && !t.quantized)) continue;
     if (seen.insert(t.role).second) roles.push_back(t.role);
   }
+  sort_roles(roles);
   return roles;
 }
+
+constexpr int kChartWidth = 1080;
 
 }  // namespace
 
@@ -186,6 +205,7 @@ std::string card_error_chart_svg(const Card& c) {
     if (!by_role.count(t.role)) roles.push_back(t.role);
     by_role[t.role][t.layer].add(*t.error);
   }
+  sort_roles(roles);
   for (const std::string& role : roles) {
     svg::BarSeries s;
     s.name = role;
@@ -195,6 +215,7 @@ std::string card_error_chart_svg(const Card& c) {
     ch.series.push_back(std::move(s));
   }
   ch.height = 400;
+  ch.width = kChartWidth;
   return svg::render_bar_chart(ch);
 }
 
@@ -206,7 +227,8 @@ std::string card_bits_heatmap_svg(const Card& c) {
   h.x_label = "tensor role";
   h.y_label = "layer";
   h.value_label = "bits/weight";
-  h.missing_label = "no such tensor";
+  h.missing_label = "none";
+  h.width = kChartWidth;
   h.empty_message = "no 2-D weights in the card";
   h.x_categories = layer_roles(c, false);
   std::map<std::string, size_t> col;
@@ -274,8 +296,8 @@ std::string card_pareto_chart_svg(const Card& c) {
   }
   ch.subtitle = have_sweep ? "sweep points with their Pareto front; this output highlighted"
                            : "this output only (a sweep adds the other configurations and the front)";
-  ch.empty_message = "KLD not measured (" + c.evaluation.reason +
-                     "): run quantize with --card-eval TEXT, or a sweep, to place this model here";
+  ch.width = kChartWidth;
+  ch.empty_message = "KLD not measured: quantize with --card-eval TEXT (or a sweep) places this model here";
   return svg::render_scatter_chart(ch);
 }
 

@@ -177,6 +177,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     GgufQuantizeRequest gguf;  // --format gguf
     CalibratedQuantizeRequest calib;  // --method / --calib
     std::string calib_hidden = "bf16";
+    CardRequest card;  // --card-eval ...
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -266,6 +267,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
+  add_card_options(cmd, &opt->card);
   cmd->callback([opt, cmd, exit_code] {
     auto fail = [&](const Status& s) { *exit_code = report_error(s); };
     auto given = [&](const char* name) { return cmd->count(name) > 0; };
@@ -299,6 +301,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       } else if (given("--method") || given("--resume")) {
         return fail(invalid_argument("--method and --resume with --format gguf need --calib FILE"));
       }
+      opt->gguf.card = opt->card;
       *exit_code = run_gguf_quantize(opt->gguf);
       return;
     }
@@ -357,12 +360,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       Expected<QuantizeSummary> cs = quantize_calibrated(creq);
       if (!cs) return fail(cs.status());
       print_quantize_summary(req, *cs, stdout);
+      if (Status st = write_calibrated_quantize_card(creq, *cs, opt->card); !st)
+        return fail(st.with_context("quantization card of " + req.output));
       *exit_code = 0;
       return;
     }
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);
+    CardRequest card = opt->card;
+    card.tokenizer = opt->gguf.input_options.tokenizer;
+    if (Status st = write_packed_quantize_card(req, *s, card); !st)
+      return fail(st.with_context("quantization card of " + req.output));
     *exit_code = 0;
   });
 }
