@@ -8,8 +8,8 @@
 # Environment:
 #   QF             qforge binary (default build/qforge)
 #   SHARED         fixtures (default ../shared)
-#   OUT            work directory (default /tmp/ptq-acceptance); results accumulate in
-#                  $OUT/rows.md (one line per finished row) and $OUT/<row>.{log,eval.json}
+#   OUT            work directory (default /tmp/ptq-acceptance): $OUT/<row>.{log,eval.json}
+#   PRINT_ONLY=1   print the table of the rows already measured, run nothing
 #   CALIB_WINDOWS  calibration windows (default 128, the protocol's; ctx is 512)
 #   EVAL_WINDOWS   heldout windows at ctx 512 (default 0 = all 410, the protocol's)
 # A row whose eval JSON already exists is not run again (delete it to re-run).
@@ -63,6 +63,7 @@ row_spec() {
   esac
 }
 
+# Quantizes and evaluates one row (skipped when its eval JSON exists).
 run_row() {
   local r=$1 spec model label scheme args ext
   spec=$(row_spec "$r")
@@ -78,19 +79,31 @@ run_row() {
   "$QF" eval "$out" --config "$model" --text "$model/heldout.txt" --ctx 512 --max-windows "$EVAL_WINDOWS" \
     --ref "$model" --json "$json.tmp" >>"$log" 2>&1 || { echo "$r: eval failed, see $log" >&2; return 1; }
   mv "$json.tmp" "$json"
-  local wall rss bpw
-  wall=$(grep 'Elapsed (wall clock)' "$log" | awk '{print $NF}')
-  rss=$(grep 'Maximum resident set size' "$log" | awk '{print $NF}')
-  bpw=$(grep -o '[0-9.]* bits/weight' "$log" | tail -1 | awk '{print $1}')
-  jq -r --arg label "$label" --arg scheme "$scheme" --arg bpw "${bpw:-?}" --arg wall "$wall" --arg rss "$rss" \
-     --arg model "$(basename "$model")" --arg ew "$EVAL_WINDOWS" --arg cw "$CALIB_WINDOWS" \
-    '"| \($model) | \($label) | \($scheme) | \($bpw) | \(.ppl*1000|round/1000) | \(((.ppl/.ref_ppl-1)*10000|round)/100)% | \(.kld_mean*10000|round/10000) | \((.top1_agreement*100|round)/100)% | \($wall) wall, \($rss) KiB | calib \($cw)x512, eval \(if $ew == "0" then "all" else $ew end) windows |"' \
-    "$json" | tee -a "$OUT/rows.md"
+}
+
+# One markdown row from a finished run's log and eval JSON.
+print_row() {
+  local r=$1 spec model label scheme args ext
+  spec=$(row_spec "$r")
+  IFS='|' read -r model label scheme args ext <<<"$spec"
+  local json=$OUT/$r.eval.json log=$OUT/$r.log
+  [[ -f $json ]] || return 0
+  local wall rss bpw windows
+  wall=$(grep 'Elapsed (wall clock)' "$log" | head -1 | awk '{print $NF}')
+  rss=$(grep 'Maximum resident set size' "$log" | head -1 | awk '{print $NF}')
+  # packed output: "(4.188 bits/weight)"; GGUF: "wrote ...: ..., N tensors, 4.5 bits/weight"
+  bpw=$(grep -oE '[0-9.]+ bits/weight' "$log" | head -1 | awk '{print $1}')
+  windows=$(grep -oE 'scored in [0-9]+ windows' "$log" | awk '{print $3}')
+  jq -r --arg lbl "$label" --arg scheme "$scheme" --arg bpw "${bpw:-?}" --arg wall "$wall" --arg rss "$rss" \
+     --arg model "$(basename "$model")" --arg ew "${windows:-?}" --arg cw "$CALIB_WINDOWS" \
+    '"| \($model) | \($lbl) | \($scheme) | \($bpw) | \(.ppl*1000|round/1000) | \(((.ppl/.ref_ppl-1)*10000|round)/100)% | \(.kld_mean*10000|round/10000) | \((.top1_agreement*100|round)/100)% | \($wall) wall, \($rss) KiB | calib \($cw) x 512, eval \($ew) windows (ref ppl \(.ref_ppl*10000|round/10000)) |"' \
+    "$json"
 }
 
 rows=${*:-$ALL_ROWS}
-for r in $rows; do run_row "$r" || true; done
-echo
-echo "| model | method | scheme | bits/weight | ppl | Δppl | mean KLD | top-1 | quantize time, peak RSS | protocol |"
+if [[ -z ${PRINT_ONLY:-} ]]; then
+  for r in $rows; do run_row "$r" || true; done
+fi
+echo "| model | method | scheme | bits/weight | ppl | Δppl | mean KLD | top-1 | quantize wall time, peak RSS | protocol |"
 echo "|---|---|---|---|---:|---:|---:|---:|---|---|"
-cat "$OUT/rows.md"
+for r in $rows; do print_row "$r"; done

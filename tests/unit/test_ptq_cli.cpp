@@ -104,15 +104,18 @@ std::string calib_cmd(const Fixture& f, const std::string& out, const std::strin
 
 TEST(PtqCli, AwqAndSmoothQuantResumeAfterCrashAreByteIdentical) {
   // The block state of methods that rewrite the block (norm folds, activation scales) is saved
-  // with the quantized weights, so a resumed run reproduces the uninterrupted one byte for byte.
+  // with the quantized weights, so a resumed run reproduces the uninterrupted one byte for byte
+  // (packed and GGUF output).
   QFORGE_REQUIRE_SHARED("models/hf-goldens/llama-gqa-untied");
   QFORGE_REQUIRE_SHARED("models/stories260K");
   const Fixture f = make_fixture();
   int i = 0;
   for (const std::string args : {"--method awq --scheme int4-g32-asym --keep lm_head",
                                  "--method awq+gptq --scheme int3-g32-asym --act-scheme int8-token-dyn",
-                                 "--method smoothquant --scheme int8-ch-sym --act-scheme int8-tensor-static"}) {
-    const std::string a = f.dir + "/a" + std::to_string(i) + ".safetensors", b = f.dir + "/b" + std::to_string(i) + ".safetensors";
+                                 "--method smoothquant --scheme int8-ch-sym --act-scheme int8-tensor-static",
+                                 "--method awq+gptq --format gguf --type Q4_0 --no-vocab --allow-fallback"}) {
+    const std::string ext = args.find("gguf") != std::string::npos ? ".gguf" : ".safetensors";
+    const std::string a = f.dir + "/a" + std::to_string(i) + ext, b = f.dir + "/b" + std::to_string(i) + ext;
     ++i;
     std::string log;
     ASSERT_EQ(run_command(calib_cmd(f, a, args), &log), 0) << args << "\n" << log;
