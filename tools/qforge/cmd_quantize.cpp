@@ -10,6 +10,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "qforge/mixed_precision.h"
 #include "qforge/packed.h"
 #include "qforge/parallel.h"
 #include "quantize_calibrated.h"
@@ -208,6 +209,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                   "[gguf] REGEX=TYPE: store tensors whose GGUF name matches as TYPE (repeatable; last match wins)");
   cmd->add_option("--tensor-type-file", g.tensor_type_file,
                   "[gguf] File of REGEX=TYPE lines ('#' comments), applied after --tensor-type");
+  cmd->add_option("--plan", g.plan,
+                  "[gguf] Mixed-precision plan from qforge plan (implies --format gguf; its preset unless --type)");
   cmd->add_option("--output-tensor-type", g.output_tensor_type, "[gguf] Type of output.weight (or tied token_embd)");
   cmd->add_option("--token-embedding-type", g.token_embedding_type, "[gguf] Type of token_embd.weight");
   cmd->add_flag("--pure", g.pure, "[gguf] Use the preset's type for every weight (no per-role rules)");
@@ -274,6 +277,17 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     std::optional<ScopedThreadLimit> limit;
     if (opt->threads > 0) limit.emplace(opt->threads);
     const bool calibrated = given("--calib");
+    if (given("--plan")) {  // a qforge plan file: a --tensor-type-file naming its preset
+      if (given("--format") && opt->format != "gguf") return fail(invalid_argument("--plan applies to --format gguf"));
+      if (given("--tensor-type-file")) return fail(invalid_argument("--plan and --tensor-type-file exclude each other"));
+      opt->format = "gguf";
+      opt->gguf.tensor_type_file = opt->gguf.plan;
+      if (opt->gguf.type.empty()) {
+        Expected<std::string> preset = read_plan_preset(opt->gguf.plan);
+        if (!preset) return fail(preset.status().with_context("--plan"));
+        opt->gguf.type = *preset;
+      }
+    }
     if (opt->format == "gguf") {
       for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
         if (given(name))

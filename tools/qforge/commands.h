@@ -31,6 +31,9 @@ void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
 void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
 void add_bench_command(CLI::App& app, int* exit_code); // cmd_bench.cpp
 void add_convert_command(CLI::App& app, int* exit_code);
+void add_sensitivity_command(CLI::App& app, int* exit_code);  // cmd_sensitivity.cpp
+void add_plan_command(CLI::App& app, int* exit_code);         // cmd_plan.cpp
+void add_sweep_command(CLI::App& app, int* exit_code);        // cmd_sweep.cpp
 
 // ---- analyze ----------------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ struct GgufQuantizeRequest {
   std::string type;  // preset name (Q4_K_M, F16, ...)
   std::vector<std::string> tensor_types;  // REGEX=TYPE
   std::string tensor_type_file;
+  std::string plan;  // --plan (qforge plan output); becomes tensor_type_file
   std::string output_tensor_type;
   std::string token_embedding_type;
   std::string imatrix;
