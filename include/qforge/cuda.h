@@ -194,7 +194,8 @@ Status hessian_download(Context& ctx, DeviceHessian& h, double* host);
 // parameters still come from the format table's quantizer on the host. The result equals the CPU
 // GPTQ's up to summation order: a code can differ only where a weight sits within rounding of the
 // midpoint between two grid values (tests/cuda/test_cuda_gptq.cpp counts them). Needs
-// options.block_size <= 128. w: host [rows, cols] f32.
+// options.block_size <= 128; planar schemes only (GGUF block formats and options.mse_clip are
+// CPU-only and rejected as unsupported). w: host [rows, cols] f32.
 Expected<GptqResult> gptq_quantize(Context& ctx, const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
                                    DeviceHessian& h, const GptqOptions& options);
 // Same with Σ x xᵀ (row-major, cols * cols) and the token count on the host.
