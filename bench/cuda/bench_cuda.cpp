@@ -339,7 +339,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores) for M <= 4, fused (mma) for M <= 128, else deq+gemm.\n"
+  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores) for M = 1, fused (mma) for M <= 128, else deq+gemm.\n"
               "w8a8: per-token activation quantization included; automatic path = cuBLAS int8 GEMM + dequant pass, w8 fused = own\n"
               "mma.sync kernel with the dequantization in its epilogue; cublas i8: the int8 GEMM to int32 alone (torch._int_mm's kernel).\n"
               "fp8: per-channel E4M3 weights, per-token E4M3 activations (quantization included), cuBLASLt FP8 GEMM + scaling pass.\n");

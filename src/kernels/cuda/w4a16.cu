@@ -32,8 +32,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kU = 4;            // k-tiles (of 64 columns) per pipeline step
 
 W4A16Tuning g_tuning;
-// Automatic path: the CUDA-core GEMV up to this M (measured crossover, docs/BENCHMARKS.md).
-constexpr int64_t kGemvAutoMaxM = 4;
+// Automatic path: the CUDA-core GEMV up to this M. Measured crossover on H100 (docs/BENCHMARKS.md):
+// the GEMV wins at M = 1 on all four issue shapes; at M = 2 it is compute-bound and ties or loses.
+constexpr int64_t kGemvAutoMaxM = 1;
 
 // LS (late scale, decode path): the A fragments hold the exact integers q - z and each tile's
 // mma result is scaled in f32 (one FFMA per output instead of one HMUL2 per weight pair).

@@ -7,12 +7,13 @@
 // system at every N.
 //
 // Math per lane and tile (lane l = 4 g + t holds rows g, g + 8 at 16 columns, see w4a16.cu):
-// the nibbles become exact (q - z) in half2 (magic-number OR + one subtraction), are scaled by
-// the group scale in half2 (the weights rounded once to the activation type, as in the mma
-// kernel's pre-scale path and the dequant path), multiplied with the activations in a half2 FMA
-// chain of 8 steps (16 products), and each tile's chain is added into f32 accumulators.
+// the nibbles become exact (q - z) in half2 (magic-number OR + one subtraction), for f16 are
+// scaled by the group scale in half2 (the weights rounded once to f16, as in the dequant path),
+// are multiplied with the activations in a half2 FMA chain of 8 steps (16 products), and each
+// tile's chain is added into f32 accumulators (for bf16 times the group scale, see below).
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "cuda_common.h"
 #include "mma.cuh"
@@ -25,19 +26,29 @@ using namespace detail;
 
 constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * 32;
-constexpr int kGemvU = 4;  // tiles per pipeline step: 4 x 16 B in flight per lane and row tile
+constexpr int kGemvU = 4;
+// Resident blocks per SM the M = 1 kernel is compiled for (register cap; overridable for
+// measurements: 3 = at most 85 registers).
+#ifndef QFORGE_GEMV_M1_MIN_BLOCKS
+#define QFORGE_GEMV_M1_MIN_BLOCKS 3
+#endif  // tiles per pipeline step: 4 x 16 B in flight per lane and row tile
 
 __device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 
 // Block: kGemvWarps warps = (kGemvWarps / splits) row units of RT row tiles x `splits` K ranges.
+// bf16 (late scale): the chain multiplies the exact integers (q - z) with the activations and the
+// group scale is applied to each tile's f32 sum, 4 HMUL2 per 8 weights fewer (bf16 has f32's
+// range: no overflow). f16 keeps the scale on the weights: with unscaled integers a chain of 16
+// products of |q - z| <= 15 overflows f16 once activations exceed ~270.
 template <typename T, int MT, int RT, bool ZP>
-__global__ void __launch_bounds__(kGemvThreads) w4a16_gemv_kernel(const uint4* __restrict__ wq,
+__global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLOCKS : 1) w4a16_gemv_kernel(const uint4* __restrict__ wq,
                                                                   const uint32_t* __restrict__ sc,
                                                                   const uint32_t* __restrict__ zp,
                                                                   const T* __restrict__ x, T* __restrict__ y, int M,
                                                                   int N, int K, int splits) {
   using T2 = typename Half2<T>::type;
+  constexpr bool kLateScale = std::is_same_v<T, __nv_bfloat16>;
   __shared__ float red[kGemvWarps][RT * 16][MT];
   const int KT = K / 64, G = K / 128, NT = N / 16;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -113,10 +124,16 @@ __global__ void __launch_bounds__(kGemvThreads) w4a16_gemv_kernel(const uint4* _
         for (int j = 0; j < 4; ++j) {
           const uint32_t w = w4[j], m = Half2<T>::kMagic;
           // (g, c..c+1), (g+8, c..c+1), (g, c+2..c+3), (g+8, c+2..c+3); c = 16 t + 4 j.
-          const T2 a01 = __hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg);
-          const T2 a23 = __hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh);
-          const T2 a45 = __hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg);
-          const T2 a67 = __hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh);
+          T2 a01 = __hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg);
+          T2 a23 = __hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh);
+          T2 a45 = __hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg);
+          T2 a67 = __hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh);
+          if constexpr (!kLateScale) {
+            a01 = __hmul2(a01, sg);
+            a23 = __hmul2(a23, sh);
+            a45 = __hmul2(a45, sg);
+            a67 = __hmul2(a67, sh);
+          }
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             const T2 x01 = as_h2<T2>(xw[mt][2 * j]), x23 = as_h2<T2>(xw[mt][2 * j + 1]);
@@ -129,8 +146,13 @@ __global__ void __launch_bounds__(kGemvThreads) w4a16_gemv_kernel(const uint4* _
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const float2 fg = to_float2(hg[mt]), fh = to_float2(hh[mt]);
-          acc[r][mt][0] += fg.x + fg.y;
-          acc[r][mt][1] += fh.x + fh.y;
+          if constexpr (kLateScale) {
+            acc[r][mt][0] = fmaf(static_cast<float>(s2.x), fg.x + fg.y, acc[r][mt][0]);
+            acc[r][mt][1] = fmaf(static_cast<float>(s2.y), fh.x + fh.y, acc[r][mt][1]);
+          } else {
+            acc[r][mt][0] += fg.x + fg.y;
+            acc[r][mt][1] += fh.x + fh.y;
+          }
         }
       }
     }
