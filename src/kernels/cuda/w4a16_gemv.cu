@@ -26,12 +26,25 @@ using namespace detail;
 
 constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * 32;
-constexpr int kGemvU = 4;
+// Tiles per pipeline step: 4 x 16 B in flight per lane and row tile (overridable for measurements).
+#ifndef QFORGE_GEMV_STEP
+#define QFORGE_GEMV_STEP 4
+#endif
+constexpr int kGemvU = QFORGE_GEMV_STEP;
+// Steps of L2 prefetch ahead of the register loads (0 = none; cp.async.bulk.prefetch is sm_90).
+#ifndef QFORGE_GEMV_PREFETCH
+#define QFORGE_GEMV_PREFETCH 0
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr int kGemvPrefetch = 0;
+#else
+constexpr int kGemvPrefetch = QFORGE_GEMV_PREFETCH;
+#endif
 // Resident blocks per SM the M = 1 kernel is compiled for (register cap; overridable for
 // measurements: 3 = at most 85 registers).
 #ifndef QFORGE_GEMV_M1_MIN_BLOCKS
 #define QFORGE_GEMV_M1_MIN_BLOCKS 3
-#endif  // tiles per pipeline step: 4 x 16 B in flight per lane and row tile
+#endif
 
 __device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
@@ -88,8 +101,24 @@ __global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLO
     }
   };
 
+  // L2 prefetch of the step kGemvPrefetch steps ahead (one bulk prefetch per row tile, issued by
+  // lane 0): more bytes in flight without registers.
+  auto prefetch_step = [&](int kt0) {
+    if (kGemvPrefetch == 0 || lane != 0 || kt0 >= kt_end) return;
+    const int tiles = min(kGemvU, kt_end - kt0);
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      const int rt = rt0 + r;
+      if (rt < NT) {
+        const uint4* p = wq + (static_cast<size_t>(rt) * KT + kt0) * 32;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(tiles * 512) : "memory");
+      }
+    }
+  };
+  for (int d = 1; d <= kGemvPrefetch; ++d) prefetch_step(kt_beg + d * kGemvU);
   if (kt_beg < kt_end) load_step(kt_beg, a_cur, s_cur, z_cur);
   for (int kt0 = kt_beg; kt0 < kt_end; kt0 += kGemvU) {
+    prefetch_step(kt0 + (kGemvPrefetch + 1) * kGemvU);
     uint4 a_nxt[kGemvU][RT];
     uint32_t s_nxt[kGemvU][RT], z_nxt[kGemvU][RT];
     if (kt0 + kGemvU < kt_end) load_step(kt0 + kGemvU, a_nxt, s_nxt, z_nxt);
