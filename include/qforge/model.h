@@ -286,6 +286,10 @@ class Model {
   // The hooks of the layer's linear sites fire. Running layers 0 .. L-1 in turn on embed_tokens'
   // output gives the same values forward() feeds layer L.
   Status forward_layer(int layer, std::span<float> hidden, int64_t batch, int64_t seq_len);
+  // The end of forward(): the final norm and the output head on `rows` hidden states ([rows,
+  // hidden_size], what the last forward_layer leaves), writing [rows, vocab] logits. The output
+  // site's hooks fire. Decoder models only.
+  Status forward_head(std::span<const float> hidden, int64_t rows, std::span<float> logits);
   // Mutable norm parameters of a layer's block (AWQ and SmoothQuant fold scales into them): the
   // attention block's or the MLP block's norm (pre-norm: its input norm; post-norm: the norm after
   // the residual). Empty spans when the model has none (no bias for RMSNorm).

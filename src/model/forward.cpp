@@ -622,6 +622,24 @@ Status Model::forward_layer(int layer, std::span<float> hidden, int64_t batch, i
   return Status::ok();
 }
 
+Status Model::forward_head(std::span<const float> hidden, int64_t rows, std::span<float> logits) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.config;
+  if (!c.causal || !m.output) return invalid_argument(std::string("forward_head: ") + architecture_name(c.arch) + " has no output head");
+  if (rows <= 0 || rows > (int64_t{1} << 24)) return invalid_argument("forward_head: bad row count " + std::to_string(rows));
+  if (hidden.size() != static_cast<size_t>(rows * c.hidden_size) || logits.size() != static_cast<size_t>(rows * c.vocab_size))
+    return invalid_argument("forward_head: buffers hold " + std::to_string(hidden.size()) + " hidden and " +
+                            std::to_string(logits.size()) + " logit floats for " + std::to_string(rows) + " rows");
+  Batch b;
+  b.total = rows;
+  KVCache unused;
+  Runner runner(m, b, unused);
+  std::vector<float> x(hidden.begin(), hidden.end());
+  runner.norm(x.data(), m.final_norm_w, m.final_norm_b, x.data(), rows);
+  runner.linear({-1, TensorRole::output}, *m.output, x.data(), logits.data(), rows);
+  return Status::ok();
+}
+
 std::span<float> Model::norm_weight(int layer, BlockNorm which) {
   if (layer < 0 || static_cast<size_t>(layer) >= impl_->layers.size()) return {};
   LayerWeights& L = impl_->layers[static_cast<size_t>(layer)];

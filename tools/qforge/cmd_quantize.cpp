@@ -10,6 +10,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "qforge/mixed_precision.h"
 #include "qforge/packed.h"
 #include "qforge/parallel.h"
 #include "quantize_calibrated.h"
@@ -177,6 +178,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     GgufQuantizeRequest gguf;  // --format gguf
     CalibratedQuantizeRequest calib;  // --method / --calib
     std::string calib_hidden = "bf16";
+    CardRequest card;  // --card-eval ...
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -207,6 +209,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                   "[gguf] REGEX=TYPE: store tensors whose GGUF name matches as TYPE (repeatable; last match wins)");
   cmd->add_option("--tensor-type-file", g.tensor_type_file,
                   "[gguf] File of REGEX=TYPE lines ('#' comments), applied after --tensor-type");
+  cmd->add_option("--plan", g.plan,
+                  "[gguf] Mixed-precision plan from qforge plan (implies --format gguf; its preset unless --type)");
   cmd->add_option("--output-tensor-type", g.output_tensor_type, "[gguf] Type of output.weight (or tied token_embd)");
   cmd->add_option("--token-embedding-type", g.token_embedding_type, "[gguf] Type of token_embd.weight");
   cmd->add_flag("--pure", g.pure, "[gguf] Use the preset's type for every weight (no per-role rules)");
@@ -266,12 +270,24 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
+  add_card_options(cmd, &opt->card);
   cmd->callback([opt, cmd, exit_code] {
     auto fail = [&](const Status& s) { *exit_code = report_error(s); };
     auto given = [&](const char* name) { return cmd->count(name) > 0; };
     std::optional<ScopedThreadLimit> limit;
     if (opt->threads > 0) limit.emplace(opt->threads);
     const bool calibrated = given("--calib");
+    if (given("--plan")) {  // a qforge plan file: a --tensor-type-file naming its preset
+      if (given("--format") && opt->format != "gguf") return fail(invalid_argument("--plan applies to --format gguf"));
+      if (given("--tensor-type-file")) return fail(invalid_argument("--plan and --tensor-type-file exclude each other"));
+      opt->format = "gguf";
+      opt->gguf.tensor_type_file = opt->gguf.plan;
+      if (opt->gguf.type.empty()) {
+        Expected<std::string> preset = read_plan_preset(opt->gguf.plan);
+        if (!preset) return fail(preset.status().with_context("--plan"));
+        opt->gguf.type = *preset;
+      }
+    }
     if (opt->format == "gguf") {
       for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
         if (given(name))
@@ -299,6 +315,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       } else if (given("--method") || given("--resume")) {
         return fail(invalid_argument("--method and --resume with --format gguf need --calib FILE"));
       }
+      opt->gguf.card = opt->card;
       *exit_code = run_gguf_quantize(opt->gguf);
       return;
     }
@@ -357,12 +374,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       Expected<QuantizeSummary> cs = quantize_calibrated(creq);
       if (!cs) return fail(cs.status());
       print_quantize_summary(req, *cs, stdout);
+      if (Status st = write_calibrated_quantize_card(creq, *cs, opt->card); !st)
+        return fail(st.with_context("quantization card of " + req.output));
       *exit_code = 0;
       return;
     }
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);
+    CardRequest card = opt->card;
+    card.tokenizer = opt->gguf.input_options.tokenizer;
+    if (Status st = write_packed_quantize_card(req, *s, card); !st)
+      return fail(st.with_context("quantization card of " + req.output));
     *exit_code = 0;
   });
 }

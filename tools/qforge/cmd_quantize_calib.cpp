@@ -250,6 +250,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   Model& model = loaded.model;
   QFORGE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, load_cli_tokenizer(spec, loaded));
   QFORGE_ASSIGN_OR_RETURN(CalibrationSet calib, load_calibration_set(req.calib, *tok, req.calib_options));
+  std::error_code ec_card;
   release_free_heap();
   std::fprintf(stderr, "calibration: %s (sha256 %.16s..., %lld tokens): %lld windows x %lld tokens, seed %llu\n",
                calib.path.c_str(), calib.sha256.c_str(), static_cast<long long>(calib.file_tokens),
@@ -257,6 +258,8 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
                static_cast<unsigned long long>(calib.seed));
 
   QuantizeSummary summary;
+  summary.card_calibration = CardCalibration{{calib.path, fs::file_size(calib.path, ec_card), calib.sha256},
+                                             calib.file_tokens, calib.windows, calib.ctx, calib.tokens_used(), calib.seed};
   for (const auto& f : ckpt.files()) summary.input_bytes += f.file_size();
   std::set<std::string> incompatible;
   const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
@@ -287,6 +290,9 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     results = &p->results();
     processor = std::move(p);
   }
+  // The card's weight error of rescaled weights is taken at the quantizer's input (card_build.h).
+  if (req.method == "awq" || req.method == "awq+gptq" || req.method == "smoothquant")
+    processor = record_weight_errors(std::move(processor), arch, &summary.weight_errors);
   // AWQ / SmoothQuant rewrite the block before the weight quantizer; activation quantization wraps
   // the quantized block (include/qforge/ptq_methods.h).
   AwqProcessor* awq_processor = nullptr;

@@ -7,11 +7,13 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <optional>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "card_build.h"
 #include "cli_common.h"
 #include "qforge/format.h"
 #include "qforge/gguf_convert.h"
@@ -29,6 +31,9 @@ void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
 void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
 void add_bench_command(CLI::App& app, int* exit_code); // cmd_bench.cpp
 void add_convert_command(CLI::App& app, int* exit_code);
+void add_sensitivity_command(CLI::App& app, int* exit_code);  // cmd_sensitivity.cpp
+void add_plan_command(CLI::App& app, int* exit_code);         // cmd_plan.cpp
+void add_sweep_command(CLI::App& app, int* exit_code);        // cmd_sweep.cpp
 
 // ---- analyze ----------------------------------------------------------------------------------
 
@@ -86,6 +91,7 @@ struct QuantizeRequest {
   Scheme scheme;
   Selection selection;
   bool verbose = false;
+  CardRequest card;  // the quantization card (card_build.h)
 };
 
 struct QuantizeSummary {
@@ -98,6 +104,9 @@ struct QuantizeSummary {
   uint64_t output_bytes = 0;
   std::vector<std::string> kept_incompatible;  // selected but not quantizable with the scheme (reason)
   double seconds = 0;
+  // For the card: errors recorded during quantization (rescaling methods) and the calibration set.
+  std::map<std::string, WeightError> weight_errors;
+  std::optional<CardCalibration> card_calibration;
 };
 
 Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& request);
@@ -126,6 +135,7 @@ struct GgufQuantizeRequest {
   std::string type;  // preset name (Q4_K_M, F16, ...)
   std::vector<std::string> tensor_types;  // REGEX=TYPE
   std::string tensor_type_file;
+  std::string plan;  // --plan (qforge plan output); becomes tensor_type_file
   std::string output_tensor_type;
   std::string token_embedding_type;
   std::string imatrix;
@@ -137,6 +147,7 @@ struct GgufQuantizeRequest {
   // Calibrated quantization into GGUF (quantize --calib --format gguf, cmd_quantize_calib.cpp):
   // called after the preflight, before writing; sets the options' precomputed tensors.
   std::function<Status(const GgufModelInput&, const GgufQuantizePlan&, GgufQuantizeOptions&)> calibrate;
+  CardRequest card;  // quantize only: the quantization card (card_build.h)
 };
 
 // Opens the input, prints the preflight (always, before any work), stops on fallbacks /

@@ -40,6 +40,7 @@ struct CalibratedQuantizeRequest {
   std::string site_scheme_fingerprint;
   std::map<std::string, QuantizedTensor>* quantized_out = nullptr;
   std::map<std::string, Tensor>* dense_out = nullptr;
+  CardRequest card;  // the quantization card (card_build.h)
 };
 
 // The directory beside the output holding the per-block state (removed after success).
