@@ -193,6 +193,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
       std::string name = t.name;
       if (o.granularity == SensitivityGranularity::group && t.layer >= 0 && !t.embedding && !t.output_head)
         name = "blk." + std::to_string(t.layer) + (is_attention(t.role) ? ".attn" : ".ffn");
+      if (o.filter && !std::regex_search(name, *o.filter)) continue;
       auto it = group_index.find(name);
       if (it == group_index.end()) {
         group_index[name] = report.units.size();
@@ -210,6 +211,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
       unit_members[it->second].push_back(i);
     }
   }
+  if (report.units.empty()) return invalid_argument("sensitivity: the filter matches no tensor or group");
 
   // ---- reference pass: layer inputs, logits, importance sums -------------------------------
   const auto t_ref = std::chrono::steady_clock::now();
