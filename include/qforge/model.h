@@ -253,6 +253,11 @@ class Model {
   Status replace_linear(const LinearSite& site, std::unique_ptr<Linear> layer);
   // f32 [vocab, hidden] token embedding table.
   const Tensor& token_embedding() const;
+  // Frees the token embedding table and the output head (for a tied model, the same storage):
+  // block-wise calibration (ptq.h) needs neither once its windows are embedded, and they are the
+  // largest tensors of a small model. Afterwards forward() and embed_tokens() return errors;
+  // forward_layer() still works.
+  void release_embedding_and_head();
 
   // Hooks on linear inputs; they run in registration order. Returns an id for remove_hook.
   int add_hook(const LinearSite& site, LinearHook hook);

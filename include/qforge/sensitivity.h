@@ -125,9 +125,9 @@ Expected<SensitivityReport> read_sensitivity_json(const std::string& path);
 // ranking is constant. x and y must have equal sizes.
 double spearman_correlation(const std::vector<double>& x, const std::vector<double>& y);
 
-// The Scheme of the format-table row storing GGUF type `type` (null-checked: an error for F32/F16/
-// BF16 and types without a row).
-Expected<Scheme> gguf_type_scheme(GgmlType type);
+// The Scheme of the format-table row storing GGUF block type `type` (checked: an error for F32/F16/
+// BF16, Q8_K and types without a row; gguf_type_scheme in gguf_quantize.h is the unchecked form).
+Expected<Scheme> gguf_block_type_scheme(GgmlType type);
 
 // The weights `qforge quantize --format gguf` would store, dequantized: quantize with the type's
 // reference block quantizer (no importance weights), then dequantize. [rows, cols] row-major.

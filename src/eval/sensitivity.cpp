@@ -16,6 +16,7 @@
 #include "qforge/atomic_file.h"
 #include "qforge/format.h"
 #include "qforge/gguf_convert.h"
+#include "qforge/gguf_quantize.h"
 #include "qforge/linear.h"
 #include "qforge/model.h"
 
@@ -102,22 +103,17 @@ double spearman_correlation(const std::vector<double>& x, const std::vector<doub
   return sxy / std::sqrt(sxx * syy);
 }
 
-Expected<Scheme> gguf_type_scheme(GgmlType type) {
+Expected<Scheme> gguf_block_type_scheme(GgmlType type) {
   const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(type));
   if (f == nullptr || !ggml_type_info(type).quantized || type == GgmlType::Q8_K)
     return invalid_argument(std::string("type ") + ggml_type_name(type) +
                             " is not a GGUF block format qforge writes (candidates are quantized types: Q8_0, Q6_K, "
                             "Q5_K, Q4_K, Q3_K, Q2_K, Q4_0, ...)");
-  Scheme s;
-  s.format = f->id;
-  s.bits = f->min_bits;
-  s.granularity = f->default_granularity;
-  s.group_size = f->default_granularity == Granularity::group ? f->default_group : 0;
-  return s;
+  return gguf_type_scheme(type);
 }
 
 Expected<std::vector<float>> gguf_quantize_dequantize(GgmlType type, const float* w, int64_t rows, int64_t cols) {
-  QFORGE_ASSIGN_OR_RETURN(Scheme scheme, gguf_type_scheme(type));
+  QFORGE_ASSIGN_OR_RETURN(Scheme scheme, gguf_block_type_scheme(type));
   QFORGE_RETURN_IF_ERROR(validate_scheme(scheme, rows, cols));
   // Rows are quantized independently, so chunks of rows run in parallel with the same result.
   constexpr int64_t kRowsPerChunk = 32;
@@ -141,7 +137,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
   if (!c.causal) return invalid_argument("sensitivity: " + std::string(architecture_name(c.arch)) + " is an encoder");
   if (c.learned_positions) return unsupported("sensitivity: models with learned positions are not supported");
   if (o.types.empty()) return invalid_argument("sensitivity: no candidate types given (--types)");
-  for (GgmlType t : o.types) QFORGE_RETURN_IF_ERROR(gguf_type_scheme(t).status().with_context("--types"));
+  for (GgmlType t : o.types) QFORGE_RETURN_IF_ERROR(gguf_block_type_scheme(t).status().with_context("--types"));
   if (input.config().num_layers != c.num_layers || input.config().hidden_size != c.hidden_size)
     return invalid_argument("sensitivity: the GGUF view of " + input.path() + " does not match the loaded model");
   if (windows.count < 1) return invalid_argument("sensitivity: " + windows.label + " has no full window");

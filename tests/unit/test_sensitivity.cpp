@@ -176,9 +176,9 @@ TEST(Sensitivity, TwoBitsCostMoreThanEightForEveryGroup) {
 }
 
 TEST(Sensitivity, RejectsTypesThatAreNotBlockFormats) {
-  EXPECT_FALSE(gguf_type_scheme(GgmlType::F16).has_value());
-  EXPECT_FALSE(gguf_type_scheme(GgmlType::Q8_K).has_value());
-  ASSERT_TRUE(gguf_type_scheme(GgmlType::Q4_K).has_value());
+  EXPECT_FALSE(gguf_block_type_scheme(GgmlType::F16).has_value());
+  EXPECT_FALSE(gguf_block_type_scheme(GgmlType::Q8_K).has_value());
+  ASSERT_TRUE(gguf_block_type_scheme(GgmlType::Q4_K).has_value());
   std::vector<float> w(256 * 2);
   for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(0.37 * static_cast<double>(i));
   auto q = gguf_quantize_dequantize(GgmlType::Q8_0, w.data(), 2, 256);

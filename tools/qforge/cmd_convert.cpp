@@ -165,11 +165,17 @@ int run_gguf_quantize(const GgufQuantizeRequest& r) {
   }
   std::printf("\n");
   std::fflush(stdout);
+  if (r.calibrate) {
+    if (Status s = r.calibrate(*input, *plan, o); !s) return report_error(s);
+  }
   Expected<GgufWriteResult> w = write_gguf_model(*input, *plan, o, r.output, progress_options(), cmd);
   if (!w) return report_error(w.status());
   std::printf("wrote %s: %s (%llu bytes), %lld tensors, %.4f bits/weight, in %s\n", r.output.c_str(),
               format_bytes(w->file_bytes).c_str(), static_cast<unsigned long long>(w->file_bytes),
               static_cast<long long>(w->tensors), plan->bits_per_weight(), format_seconds(w->seconds).c_str());
+  if (std::string_view(r.command) == "quantize")
+    if (Status s = write_gguf_quantize_card(r, *input, *plan, o, r.card); !s)
+      return report_error(s.with_context("quantization card of " + r.output));
   return 0;
 }
 

@@ -178,6 +178,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     GgufQuantizeRequest gguf;  // --format gguf
     CalibratedQuantizeRequest calib;  // --method / --calib
     std::string calib_hidden = "bf16";
+    CardRequest card;  // --card-eval ...
   };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -250,6 +251,9 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1e-8, 10.0));
   cmd->add_flag("--act-order", c.gptq.act_order,
                 "[gptq] Quantize columns by decreasing Hessian diagonal (static groups keep scales contiguous)");
+  cmd->add_flag("--gptq-clip", c.gptq.mse_clip,
+                "[gptq] MSE-optimal clipping: per row and group the clip ratio (1 down to 0.5 in steps of 0.05) "
+                "minimising the Hessian-diagonal-weighted error, chosen before the sweep");
   cmd->add_option("--gptq-block", c.gptq.block_size, "[gptq] Lazy-update block width in columns (default 128)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_flag("!--no-sequential", c.gptq.sequential,
@@ -266,6 +270,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-j,--threads", opt->threads, "Worker threads (default: OpenMP's choice)")
       ->check(CLI::Range(1, 1024));
   cmd->add_flag("-v,--verbose", opt->verbose, "[packed] List each quantized tensor");
+  add_card_options(cmd, &opt->card);
   cmd->callback([opt, cmd, exit_code] {
     auto fail = [&](const Status& s) { *exit_code = report_error(s); };
     auto given = [&](const char* name) { return cmd->count(name) > 0; };
@@ -284,13 +289,33 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       }
     }
     if (opt->format == "gguf") {
-      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose", "--method", "--calib", "--resume"})
+      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
         if (given(name))
           return fail(invalid_argument(std::string(name) + " applies to --format packed; GGUF output takes --type "
                                                            "and --tensor-type"));
       if (opt->gguf.type.empty()) return fail(invalid_argument("--format gguf needs --type (e.g. --type Q4_K_M)"));
       opt->gguf.input = opt->input;
       opt->gguf.output = opt->output;
+      if (calibrated) {  // GPTQ / AWQ into the preset's GGUF types (cmd_quantize_calib.cpp)
+        if (!given("--method")) opt->calib.method = "gptq";
+        CalibratedQuantizeRequest creq = opt->calib;
+        creq.input = opt->input;
+        creq.output = opt->output;
+        creq.format = "gguf";
+        creq.tokenizer = opt->gguf.input_options.tokenizer;
+        creq.hidden_dtype = opt->calib_hidden == "bf16" ? DType::bf16 : DType::f32;
+        // With --no-vocab, --tokenizer only tokenizes the calibration text.
+        if (opt->gguf.input_options.no_vocab) opt->gguf.input_options.tokenizer.clear();
+        auto storage = std::make_shared<GgufCalibratedTensors>();
+        opt->gguf.calibrate = [creq, storage](const GgufModelInput& in, const GgufQuantizePlan& plan,
+                                              GgufQuantizeOptions& o) {
+          return quantize_calibrated_gguf(creq, in, plan, *storage, o);
+        };
+        install_interrupt_handler();
+      } else if (given("--method") || given("--resume")) {
+        return fail(invalid_argument("--method and --resume with --format gguf need --calib FILE"));
+      }
+      opt->gguf.card = opt->card;
       *exit_code = run_gguf_quantize(opt->gguf);
       return;
     }
@@ -303,14 +328,14 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
         return fail(invalid_argument("--method " + opt->calib.method + " needs --calib FILE"));
       if (opt->format == "gptq" || opt->format == "awq")
         return fail(invalid_argument("--format " + opt->format + " needs --calib FILE (calibrated pipeline)"));
-      for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block",
+      for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block", "--gptq-clip",
                                "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer",
                                "--act-scheme", "--act-observer", "--alpha", "--awq-grid", "--no-awq-clip"})
         if (given(name)) return fail(invalid_argument(std::string(name) + " applies to calibrated quantization (--calib)"));
     } else {
       const std::string& m = opt->calib.method;
       if (m != "gptq" && m != "awq+gptq")
-        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--no-sequential"})
+        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--gptq-clip", "--no-sequential"})
           if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq or awq+gptq"));
       if (m != "smoothquant" && given("--alpha")) return fail(invalid_argument("--alpha applies to --method smoothquant"));
       if (m != "awq" && m != "awq+gptq")
@@ -349,12 +374,18 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       Expected<QuantizeSummary> cs = quantize_calibrated(creq);
       if (!cs) return fail(cs.status());
       print_quantize_summary(req, *cs, stdout);
+      if (Status st = write_calibrated_quantize_card(creq, *cs, opt->card); !st)
+        return fail(st.with_context("quantization card of " + req.output));
       *exit_code = 0;
       return;
     }
     Expected<QuantizeSummary> s = quantize_checkpoint(req);
     if (!s) return fail(s.status());
     print_quantize_summary(req, *s, stdout);
+    CardRequest card = opt->card;
+    card.tokenizer = opt->gguf.input_options.tokenizer;
+    if (Status st = write_packed_quantize_card(req, *s, card); !st)
+      return fail(st.with_context("quantization card of " + req.output));
     *exit_code = 0;
   });
 }

@@ -23,7 +23,7 @@ Expected<std::vector<GgmlType>> parse_type_list(const std::string& list, const s
     const std::string name = list.substr(start, comma - start);
     if (!name.empty()) {
       QFORGE_ASSIGN_OR_RETURN(GgmlType t, parse_gguf_weight_type(name, option));
-      QFORGE_RETURN_IF_ERROR(gguf_type_scheme(t).status().with_context(option + " " + name));
+      QFORGE_RETURN_IF_ERROR(gguf_block_type_scheme(t).status().with_context(option + " " + name));
       if (std::find(types.begin(), types.end(), t) != types.end())
         return invalid_argument(option + ": " + name + " is listed twice");
       types.push_back(t);

@@ -7,10 +7,13 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <optional>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "card_build.h"
 #include "cli_common.h"
 #include "qforge/format.h"
 #include "qforge/gguf_convert.h"
@@ -88,6 +91,7 @@ struct QuantizeRequest {
   Scheme scheme;
   Selection selection;
   bool verbose = false;
+  CardRequest card;  // the quantization card (card_build.h)
 };
 
 struct QuantizeSummary {
@@ -100,6 +104,9 @@ struct QuantizeSummary {
   uint64_t output_bytes = 0;
   std::vector<std::string> kept_incompatible;  // selected but not quantizable with the scheme (reason)
   double seconds = 0;
+  // For the card: errors recorded during quantization (rescaling methods) and the calibration set.
+  std::map<std::string, WeightError> weight_errors;
+  std::optional<CardCalibration> card_calibration;
 };
 
 Expected<QuantizeSummary> quantize_checkpoint(const QuantizeRequest& request);
@@ -137,6 +144,10 @@ struct GgufQuantizeRequest {
   bool allow_fallback = false;
   bool dry_run = false;  // stop after the preflight
   GgufModelInputOptions input_options;
+  // Calibrated quantization into GGUF (quantize --calib --format gguf, cmd_quantize_calib.cpp):
+  // called after the preflight, before writing; sets the options' precomputed tensors.
+  std::function<Status(const GgufModelInput&, const GgufQuantizePlan&, GgufQuantizeOptions&)> calibrate;
+  CardRequest card;  // quantize only: the quantization card (card_build.h)
 };
 
 // Opens the input, prints the preflight (always, before any work), stops on fallbacks /

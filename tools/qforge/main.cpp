@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   add_run_command(app, &exit_code);
   add_bench_command(app, &exit_code);
   add_imatrix_command(app, &exit_code);  // cmd_imatrix.cpp
+  add_card_command(app, &exit_code);     // card_build.cpp
   add_sensitivity_command(app, &exit_code);
   add_plan_command(app, &exit_code);
   add_sweep_command(app, &exit_code);

@@ -30,6 +30,8 @@ constexpr int kWarps = 8;        // warps per block, each on its own 16*RT rows
 constexpr int kThreads = kWarps * 32;
 constexpr int kU = 4;            // k-tiles (of 64 columns) per pipeline step
 
+W4A16Tuning g_tuning;
+
 template <typename T, int MT, int RT, bool ZP>
 __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_kernel(const uint4* __restrict__ wq,
                                                                const uint32_t* __restrict__ sc,
@@ -366,6 +368,7 @@ Status launch_fused(Context::Impl& c, const W4A16Weights& w, const void* x, void
     }
     if (b >= 8 * resident) break;
   }
+  if (g_tuning.splits > 0) splits = std::min<int64_t>(g_tuning.splits, nck);
   const int64_t blocks = base * splits;
   if (blocks > 0x7fffffff) return invalid_argument("w4a16_gemm: M = " + std::to_string(m) + " too large for one launch");
   float* partial = nullptr;
@@ -522,6 +525,8 @@ Status w4a16_dequantize(Context& ctx, const W4A16Weights& w, void* out) {
   return w.act == ActType::bf16 ? launch_dequant<__nv_bfloat16>(ctx.impl(), w, out)
                                 : launch_dequant<__half>(ctx.impl(), w, out);
 }
+
+void w4a16_set_tuning(const W4A16Tuning& t) { g_tuning = t; }
 
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m, W4A16Path path) {
   QFORGE_RETURN_IF_ERROR(check_weights(w));
