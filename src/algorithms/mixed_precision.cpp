@@ -287,7 +287,8 @@ Expected<GgufQuantizeOptions> PlanProblem::options_for(const MixedPrecisionPlan&
   GgufQuantizeOptions o;
   QFORGE_ASSIGN_OR_RETURN(o.preset, find_gguf_preset(plan.preset));
   for (const PlanTensor& t : plan.tensors) {
-    QFORGE_ASSIGN_OR_RETURN(GgufTypeOverride ov, parse_gguf_type_override("^" + regex_escape(t.name) + "$=" + ggml_type_name(t.type), "plan"));
+    QFORGE_ASSIGN_OR_RETURN(GgufTypeOverride ov, parse_gguf_type_override("^" + regex_escape(t.name) + "$=" + ggml_type_name(t.type),
+                                                                         "plan: " + t.unit));
     o.overrides.push_back(std::move(ov));
   }
   return o;

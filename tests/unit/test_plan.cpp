@@ -212,7 +212,9 @@ TEST(PlanProblem, BudgetsHoldExactlyAndTheSearchMeetsItsBound) {
     EXPECT_EQ(gp->file_bytes, plan->file_bytes);
     EXPECT_TRUE(gp->fallbacks.empty());
     for (const GgufTensorPlan& t : gp->tensors) {
-      if (t.quantizable) EXPECT_EQ(t.reason.substr(0, 4), "plan") << t.name;
+      if (t.quantizable) {
+        EXPECT_EQ(t.reason.substr(0, 4), "plan") << t.name;
+      }
     }
     auto by_size = problem->solve({PlanBudgetKind::file_bytes, 0, plan->file_bytes});
     ASSERT_TRUE(by_size.has_value());
@@ -300,6 +302,25 @@ TEST(PlanCli, SensitivityPlanQuantizeRoundTrip) {
       EXPECT_LE(plan["bits_per_weight"].get<double>(), 5.0);
     }
   }
+  // A sweep of a preset and the last plan keeps both files with cards carrying the sweep.
+  std::filesystem::create_directories(dir + "/variants");
+  ASSERT_EQ(run_command(cli + " sweep " + quote(model) + " --presets Q8_0 --plan " + quote(dir + "/plan.txt") +
+                            " --text " + quote(model + "/heldout.txt") + " --ctx 64 --windows 1 --json " +
+                            quote(dir + "/sweep.json") + " --md " + quote(dir + "/sweep.md") + " --svg " +
+                            quote(dir + "/sweep.svg") + " --out-dir " + quote(dir + "/variants") + " 2>&1",
+                        &out),
+            0)
+      << out;
+  json sweep = json::parse(*read_file(dir + "/sweep.json"));
+  ASSERT_EQ(sweep["entries"].size(), 2u);
+  EXPECT_EQ(sweep["entries"][0]["kind"], "preset");
+  EXPECT_EQ(sweep["entries"][1]["kind"], "plan");
+  EXPECT_LT(sweep["entries"][0]["kld_mean"].get<double>(), sweep["entries"][1]["kld_mean"].get<double>());
+  EXPECT_TRUE(sweep["entries"][0]["pareto"].get<bool>());
+  json card = json::parse(*read_file(dir + "/variants/plan.gguf.card.json"));
+  EXPECT_TRUE(card["evaluation"]["measured"].get<bool>());
+  EXPECT_EQ(card["sweep"]["points"].size(), 2u);
+  EXPECT_EQ(std::filesystem::file_size(dir + "/variants/plan.gguf"), sweep["entries"][1]["file_bytes"].get<uint64_t>());
 }
 
 TEST(PlanCli, BadInputGivesClearErrors) {
