@@ -1,5 +1,5 @@
 // qforge CUDA GEMM benchmark: one table of W4A16 / W8A8 / FP8 against cuBLAS on the shapes of
-// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N]
+// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N] [--w4a16-variants]
 //
 // Method (docs/BENCHMARKS.md, "CUDA"): each time is the median of >= 100 launches, each timed
 // with its own pair of CUDA events after 10 warm-up launches; weights and activations rotate
@@ -97,9 +97,10 @@ Rot rotate_empty(size_t bytes, int copies) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, variants = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--w4a16-variants")) variants = true;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = std::max(100, std::atoi(argv[++i]));
   }
   if (!cuda::available()) {
@@ -144,6 +145,50 @@ int main(int argc, char** argv) {
   }
 
   struct Shape { int64_t n, k; };
+  if (variants) {
+    // Fused W4A16 kernel on the decode shapes with each forced split-K count (s0 = automatic);
+    // % = (codes + scales + zeros) bytes / time against the 3.01 TB/s copy ceiling of H100.
+    std::printf("\nW4A16 fused variants (int4-g128-asym, bf16), us; x bf16 = cuBLAS BF16 / best\n");
+    for (const Shape sh : {Shape{28672, 8192}, Shape{11008, 4096}, Shape{4096, 4096}}) {
+      const int64_t n = sh.n, k = sh.k;
+      std::vector<float> w = random_normal(static_cast<size_t>(n * k), 11 + static_cast<uint64_t>(n + k), 0.02f);
+      std::vector<uint16_t> wb(w.size());
+      for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);
+      Rot w_bf16 = rotate(wb.data(), wb.size() * 2, copies_for(wb.size() * 2));
+      QuantizedTensor q4 = quantize_rows_parallel(must(Scheme::parse("int4-g128-asym"), "scheme"), w.data(), n, k);
+      cuda::W4A16Host h4 = must(cuda::w4a16_repack(q4, cuda::ActType::bf16), "repack");
+      const size_t w4_bytes = h4.packed.size() + h4.scales.size() + h4.zeros.size();
+      std::vector<cuda::W4A16Weights> w4;
+      for (int i = 0; i < copies_for(w4_bytes); ++i) w4.push_back(must(cuda::w4a16_upload(h4), "w4a16 upload"));
+      for (int64_t m : {1, 4, 16}) {
+        std::vector<float> x = random_normal(static_cast<size_t>(m * k), 5 + static_cast<uint64_t>(m));
+        std::vector<uint16_t> xb(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+        Rot xr = rotate(xb.data(), xb.size() * 2, copies_for(xb.size() * 2));
+        Rot yr = rotate_empty(static_cast<size_t>(m * n) * 2, 4);
+        const float one = 1.f, zero = 0.f;
+        const double t_bf16 = time_us(s, [&](int i) {
+          BENCH_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one,
+                                  w_bf16.at(i), CUDA_R_16BF, static_cast<int>(k), xr.at(i), CUDA_R_16BF, static_cast<int>(k), &zero,
+                                  yr.at(i), CUDA_R_16BF, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        });
+        std::printf("%lldx%lld M=%lld bf16 %.1f |", (long long)n, (long long)k, (long long)m, t_bf16);
+        double best = 1e30;
+        for (int late : {1, 2})
+          for (int splits : {0, 2, 4}) {
+            cuda::w4a16_set_tuning({splits, late});
+            const double t = time_us(s, [&](int i) {
+              must(cuda::w4a16_gemm(*ctx, w4[static_cast<size_t>(i) % w4.size()], xr.at(i), yr.at(i), m, cuda::W4A16Path::fused), "w4a16");
+            });
+            best = std::min(best, t);
+            std::printf(" %s/s%d %.1f (%.0f%%)", late == 2 ? "late" : "pre", splits, t, 100.0 * static_cast<double>(w4_bytes) / t / 1e6 / 3.01);
+          }
+        cuda::w4a16_set_tuning({});
+        std::printf(" | best x bf16 %.2f\n", t_bf16 / best);
+      }
+    }
+    return 0;
+  }
   std::vector<Shape> shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}};
   std::vector<int64_t> ms = {1, 4, 16, 64, 256, 1024, 4096};
   if (quick) {

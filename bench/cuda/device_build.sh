@@ -3,7 +3,9 @@
 # and bench_cuda with objects compiled on the CPU machine: a quick edit-measure loop when the CPU
 # machine is slow. Folder layout next to this script: include/, src/ (kernels/cuda/*.cu and the
 # headers they use), obj/ (libqforge.a, test_cuda_kernels.cpp.o, bench_cuda.cpp.o), lib/
-# (libgtest.a, libgtest_main.a, libfmt.so.9, libgomp.so.1).
+# (libgtest.a, libgtest_main.a, libfmt.so.9, libgomp.so.1, and for the GPTQ binaries, which call the CPU
+# GPTQ, libopenblas.so.0 with libgfortran.so.5 and libquadmath.so.0). bench/cuda/pack_device.sh
+# fills such a folder from a CPU-machine build.
 set -eu
 d=$(cd "$(dirname "$0")" && pwd)
 cd "$d"
@@ -20,10 +22,17 @@ for f in src/kernels/cuda/*.cu; do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
+blas=""
+[ -f lib/libopenblas.so.0 ] && blas=lib/libopenblas.so.0
 link() {
-  g++ -o "$1" "$2" kobj/*.o obj/libqforge.a "${@:3}" -L"$cuda_lib" -L/usr/local/cuda/lib64 \
+  # shellcheck disable=SC2086
+  g++ -o "$1" "$2" kobj/*.o obj/libqforge.a "${@:3}" $blas -L"$cuda_lib" -L/usr/local/cuda/lib64 \
     -lcublas -lcublasLt -lcusolver -lcudart_static lib/libfmt.so.9 -fopenmp -lpthread -ldl -lrt -Wl,-rpath,"$d/lib"
 }
 link test_cuda_kernels obj/test_cuda_kernels.cpp.o lib/libgtest_main.a lib/libgtest.a
 link bench_cuda obj/bench_cuda.cpp.o
+if [ -f obj/test_cuda_gptq.cpp.o ]; then
+  link test_cuda_gptq obj/test_cuda_gptq.cpp.o lib/libgtest_main.a lib/libgtest.a
+  link bench_gptq obj/bench_gptq.cpp.o
+fi
 echo "device_build: built for $archs"

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "qforge/format.h"
+#include "qforge/ptq.h"
 #include "qforge/status.h"
 
 namespace qforge::cuda {
@@ -103,6 +104,14 @@ enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2 };
 // split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS.
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m,
                   W4A16Path path = W4A16Path::automatic);
+// Benchmark knobs of the fused kernel: a forced split-K count (0 = automatic) and, for M <= 16,
+// where the group scale is applied (0 = automatic: after the mma for M <= 8, before it for
+// 9..16; 1 = to the weights before the mma; 2 = to each tile's f32 mma result). Process-wide, not thread-safe: for bench_cuda --w4a16-variants and tests.
+struct W4A16Tuning {
+  int splits = 0;
+  int late_scale = 0;
+};
+void w4a16_set_tuning(const W4A16Tuning& t);
 // Unpacks W to [N, K] values of its activation type (device), the dequant_gemm path's first step.
 Status w4a16_dequantize(Context& ctx, const W4A16Weights& w, void* out);
 
@@ -159,5 +168,38 @@ bool can_dequantize(const Scheme& scheme);
 // out: rows * cols values of `out_type` (device), row-major: the format table's dequantize_ref
 // values rounded to `out_type` (within one unit in the last place: the GPU may fuse a multiply-add).
 Status dequantize(Context& ctx, const DeviceQuantizedTensor& q, void* out, ActType out_type);
+
+// ---------------------------------------------------------------- GPTQ
+// Σ x xᵀ of a layer's inputs accumulated on the device in double precision (cuBLAS DSYRK on
+// chunks of tokens converted to f64): the same sum the CPU calibration pipeline keeps, so the
+// GPU and CPU GPTQ see the same Hessian H = 2/n Σ x xᵀ up to summation order.
+struct DeviceHessian {
+  int64_t cols = 0;
+  int64_t tokens = 0;    // rows of x accumulated so far
+  bool full = true;      // false while only one triangle of sum_xxt is valid
+  DeviceBuffer sum_xxt;  // f64 [cols, cols]
+};
+enum class InputType : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+Expected<DeviceHessian> hessian_create(int64_t cols);
+// Adds x[tokens, cols] (device, row-major) to the sum.
+Status hessian_accumulate(Context& ctx, DeviceHessian& h, const void* x, int64_t tokens, InputType type);
+// Fills the second triangle (done by gptq_quantize and hessian_download as needed).
+Status hessian_finalize(Context& ctx, DeviceHessian& h);
+// Σ x xᵀ as a full symmetric row-major matrix on the host (cols * cols doubles).
+Status hessian_download(Context& ctx, DeviceHessian& h, double* host);
+
+// GPTQ on the GPU: the algorithm, options, group parameters and outputs of qforge::gptq_quantize
+// (src/algorithms/gptq.cpp) with the column sweep, the lazy block updates (cuBLAS DGEMM) and the
+// factorisations (cuSOLVER potrf/potri/potrf) on the device, all in double precision. Group
+// parameters still come from the format table's quantizer on the host. The result equals the CPU
+// GPTQ's up to summation order: a code can differ only where a weight sits within rounding of the
+// midpoint between two grid values (tests/cuda/test_cuda_gptq.cpp counts them). Needs
+// options.block_size <= 128; planar schemes only (GGUF block formats and options.mse_clip are
+// CPU-only and rejected as unsupported). w: host [rows, cols] f32.
+Expected<GptqResult> gptq_quantize(Context& ctx, const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
+                                   DeviceHessian& h, const GptqOptions& options);
+// Same with Σ x xᵀ (row-major, cols * cols) and the token count on the host.
+Expected<GptqResult> gptq_quantize(Context& ctx, const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
+                                   const double* sum_xxt, int64_t tokens, const GptqOptions& options);
 
 }  // namespace qforge::cuda

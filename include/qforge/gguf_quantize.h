@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <regex>
 #include <span>
@@ -118,6 +119,8 @@ std::vector<GgmlType> gguf_weight_types();
 // TQ1_0/TQ2_0 -> Q4_0, Q2_K/Q3_K -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; the legacy
 // 32-blocks and IQ4_NL have none in llama.cpp (it aborts): qforge uses F16.
 GgmlType gguf_fallback_type(GgmlType type);
+// The format-table scheme that stores `type`'s blocks (a GGUF block format, or f16/bf16/f32).
+Scheme gguf_type_scheme(GgmlType type);
 
 // Which llama.cpp backends run matrix multiplications with this weight type.
 struct GgufBackendSupport {
@@ -154,6 +157,12 @@ struct GgufQuantizeOptions {
   bool allow_requantize = false;
   bool allow_fallback = false;
   const Imatrix* imatrix = nullptr;
+  // Tensors computed elsewhere, by GGUF name (calibrated quantization, `qforge quantize --calib
+  // --format gguf`): `prequantized` holds finished blocks of the planned type, written as they are;
+  // `replaced_f32` holds values (rows in GGUF order) that replace the input's before the planned
+  // type is applied (weights and norms a calibrated method rewrote).
+  const std::map<std::string, QuantizedTensor>* prequantized = nullptr;
+  const std::map<std::string, std::vector<float>>* replaced_f32 = nullptr;
 };
 
 struct GgufTensorPlan {

@@ -253,6 +253,11 @@ class Model {
   Status replace_linear(const LinearSite& site, std::unique_ptr<Linear> layer);
   // f32 [vocab, hidden] token embedding table.
   const Tensor& token_embedding() const;
+  // Frees the token embedding table and the output head (for a tied model, the same storage):
+  // block-wise calibration (ptq.h) needs neither once its windows are embedded, and they are the
+  // largest tensors of a small model. Afterwards forward() and embed_tokens() return errors;
+  // forward_layer() still works.
+  void release_embedding_and_head();
 
   // Hooks on linear inputs; they run in registration order. Returns an id for remove_hook.
   int add_hook(const LinearSite& site, LinearHook hook);
@@ -281,6 +286,10 @@ class Model {
   // The hooks of the layer's linear sites fire. Running layers 0 .. L-1 in turn on embed_tokens'
   // output gives the same values forward() feeds layer L.
   Status forward_layer(int layer, std::span<float> hidden, int64_t batch, int64_t seq_len);
+  // The end of forward(): the final norm and the output head on `rows` hidden states ([rows,
+  // hidden_size], what the last forward_layer leaves), writing [rows, vocab] logits. The output
+  // site's hooks fire. Decoder models only.
+  Status forward_head(std::span<const float> hidden, int64_t rows, std::span<float> logits);
   // Mutable norm parameters of a layer's block (AWQ and SmoothQuant fold scales into them): the
   // attention block's or the MLP block's norm (pre-norm: its input norm; post-norm: the norm after
   // the residual). Empty spans when the model has none (no bias for RMSNorm).

@@ -248,11 +248,20 @@ struct GptqOptions {
   bool act_order = false;       // columns in order of decreasing H diagonal, static groups
   bool sequential = true;       // re-collect inputs after each group is quantized (true-sequential)
   int max_damp_raises = 8;      // Cholesky failures: damp *= 10 each time, with a warning
+  // MSE-optimal clipping of the group parameters: per (row, group) the clip ratio among
+  // 1, 1 - 1/clip_grid, ..., 1 - clip_max_shrink minimising Σ_j H_jj (w_j - q(w_j))², chosen when
+  // the group's parameters are fixed (before the sweep quantizes any of its columns).
+  bool mse_clip = false;
+  int clip_grid = 20;
+  double clip_max_shrink = 0.5;
 };
 
 // GPTQ (Frantar et al. 2022) of one weight W [rows, cols] with H = 2/n Σ x xᵀ (as `sum_xxt`, the
-// un-normalised Σ x xᵀ, and n tokens). The output is a QuantizedTensor of `scheme` (int schemes
-// and the GGUF block formats the table's quantizers handle column-sweepably). `warnings` gets
+// un-normalised Σ x xᵀ, and n tokens). The output is a QuantizedTensor of `scheme`: planar
+// schemes, or the GGUF block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, whose blocks' scales
+// and mins are chosen (the table's block search with H's diagonal as importance) when the sweep
+// reaches the block's columns (with act-order: from the original weights, up front) and then stay
+// fixed while the sweep rounds each weight to the nearest level of its sub-block. `warnings` gets
 // messages about raised dampening. Deterministic.
 struct GptqResult {
   QuantizedTensor q;

@@ -69,6 +69,9 @@ class ActQuantProcessor final : public BlockProcessor {
   Status process_block(BlockContext& ctx) override;
   BlockProcessor& inner() { return *inner_; }
   const ActQuantRecord& record() const { return record_; }
+  // Re-applies a finished block's activation quantization to `site` (weight `name`) when a run
+  // resumes: wraps the linear with `scale` (static schemes; 0 for dynamic) and records it.
+  Status restore(Model& model, const LinearSite& site, const std::string& name, float scale);
 
  private:
   ActScheme scheme_;

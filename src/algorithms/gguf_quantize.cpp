@@ -104,7 +104,17 @@ uint64_t gguf_file_bytes(const std::vector<GgufKeyValue>& md, const std::vector<
   return align_up(head, alignment) + data;
 }
 
-Scheme scheme_for(GgmlType type) {
+Scheme scheme_for(GgmlType type) { return gguf_type_scheme(type); }
+
+template <class Map>
+const typename Map::mapped_type* find_in(const Map* map, const std::string& key) {
+  if (map == nullptr) return nullptr;
+  auto it = map->find(key);
+  return it == map->end() ? nullptr : &it->second;
+}
+}  // namespace
+
+Scheme gguf_type_scheme(GgmlType type) {
   const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(type));
   QFORGE_CHECK_MSG(f != nullptr, "GGUF type without a format-table row");
   Scheme s;
@@ -114,6 +124,8 @@ Scheme scheme_for(GgmlType type) {
   s.group_size = f->default_granularity == Granularity::group ? f->default_group : 0;
   return s;
 }
+
+namespace {
 
 std::string type_list_text(const std::vector<std::string>& items, size_t max_items = 1000) {
   std::string s;
@@ -305,13 +317,25 @@ Expected<GgufWriteResult> write_gguf_model(const GgufModelInput& input, const Gg
     auto produce = [&input, &p, &o, &progress, &label, &kilo](uint8_t* out, size_t nbytes) -> Status {
       QFORGE_RETURN_IF_ERROR(check_interrupted(label));
       if (nbytes != p.nbytes) return Status::error(ErrorCode::internal, "tensor size differs from the plan");
-      if (p.copy) {
+      if (p.copy && find_in(o.replaced_f32, p.name) == nullptr) {
         const std::span<const uint8_t> bytes = input.raw_bytes(p.input_index);
         if (bytes.size() != nbytes)
           return Status::error(ErrorCode::internal, "copied tensor has " + std::to_string(bytes.size()) + " bytes");
         std::memcpy(out, bytes.data(), nbytes);
+      } else if (const QuantizedTensor* pq = find_in(o.prequantized, p.name)) {
+        const FormatTraits* f = find_format_by_gguf_type(static_cast<int>(p.type));
+        if (f == nullptr || pq->scheme.format != f->id || pq->codes.size() != nbytes)
+          return Status::error(ErrorCode::internal, p.name + ": precomputed tensor is not " + ggml_type_name(p.type));
+        std::memcpy(out, pq->codes.data(), nbytes);
       } else {
-        QFORGE_ASSIGN_OR_RETURN(std::vector<float> w, input.load_f32(p.input_index));
+        std::vector<float> w;
+        if (const std::vector<float>* rf = find_in(o.replaced_f32, p.name)) {
+          if (static_cast<int64_t>(rf->size()) != p.numel())
+            return Status::error(ErrorCode::internal, p.name + ": replacement has the wrong size");
+          w = *rf;
+        } else {
+          QFORGE_ASSIGN_OR_RETURN(w, input.load_f32(p.input_index));
+        }
         const int64_t cols = p.shape.empty() ? 1 : p.shape.back();
         const int64_t rows = p.numel() / cols;
         QuantizeOptions q_options;

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "formats/gguf_codes.h"
 #include "qforge/progress.h"
 #include "qforge/ptq.h"
 
@@ -63,44 +64,137 @@ int64_t param_group_width(const Scheme& s, int64_t cols) {
   return s.granularity == Granularity::group ? s.group_size : cols;
 }
 
-// A group's parameters and the values each code decodes to in each row.
+// A group's parameters and the values each code decodes to. Planar formats: one level table per
+// row of the group. GGUF block formats (a group is one block): one table per row and sub-block,
+// the sub-block's affine code -> value map under the block's fixed scales (gguf_codes.h).
 struct GroupGrid {
-  QuantizedTensor params;               // the table's quantization of the group's sub-matrix
-  int64_t codes = 0;                    // 2^bits
-  std::vector<std::vector<float>> val;  // [rows][k]: sorted finite values
-  std::vector<std::vector<uint8_t>> code;  // [rows][k]: their codes
+  QuantizedTensor params;  // the table's quantization of the group's [rows, width] sub-matrix
+  int64_t sub = 1;         // columns sharing one level table
+  int64_t nsub = 1;        // tables per row
+  std::vector<std::vector<float>> val;     // [rows * nsub][k]: sorted finite values
+  std::vector<std::vector<uint8_t>> code;  // [rows * nsub][k]: their codes
+  const std::vector<float>& values(int64_t r, int64_t col_in_group) const {
+    return val[static_cast<size_t>(r * nsub + col_in_group / sub)];
+  }
+  const std::vector<uint8_t>& codes_of(int64_t r, int64_t col_in_group) const {
+    return code[static_cast<size_t>(r * nsub + col_in_group / sub)];
+  }
 };
 
-Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, GroupGrid& g) {
-  QFORGE_ASSIGN_OR_RETURN(g.params, quantize(scheme, sub, rows, width));
-  g.codes = int64_t{1} << scheme.bits;
+// Bytes of each row of a plane, when the plane splits evenly into rows (0: it does not).
+size_t plane_row_bytes(const std::vector<uint8_t>& plane, int64_t rows) {
+  if (plane.empty() || plane.size() % static_cast<size_t>(rows) != 0) return 0;
+  return plane.size() / static_cast<size_t>(rows);
+}
+
+// The group's parameters: the table's quantizer on the sub-matrix (GGUF blocks: with the Hessian
+// diagonal as importance, so the block search weighs the columns as the layer's output does).
+// With options.mse_clip, each row's parameters are the best of the clipping ratios
+// 1, 1 - 1/n, ..., 1 - max_shrink by the Hessian-diagonal-weighted error Σ_j h_j (w_j - q(w_j))²
+// of that row (ties: the larger ratio).
+Status choose_params(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
+                     const GptqOptions& options, QuantizedTensor& out) {
+  const FormatTraits& t = format_traits(scheme.format);
+  QuantizeOptions qo;
+  if (t.blocks_in_codes) {
+    qo.importance = h;
+    qo.importance_size = static_cast<size_t>(width);
+  }
+  QFORGE_ASSIGN_OR_RETURN(out, quantize(scheme, sub, rows, width, qo));
+  if (!options.mse_clip || options.clip_grid <= 0) return Status::ok();
+  // Per-row selection needs planes that split into rows (not per-tensor scales).
+  for (const auto* plane : {&out.codes, &out.scales, &out.zeros})
+    if (!plane->empty() && plane_row_bytes(*plane, rows) == 0) return Status::ok();
+  if (!out.extra.empty()) return Status::ok();
+  const size_t n = static_cast<size_t>(rows * width);
+  std::vector<float> y(n);
+  auto row_errors = [&](const QuantizedTensor& q, std::vector<double>& err) -> Status {
+    QFORGE_RETURN_IF_ERROR(dequantize(q, y.data()));
+    err.assign(static_cast<size_t>(rows), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      double e = 0;
+      for (int64_t j = 0; j < width; ++j) {
+        const double d = static_cast<double>(sub[r * width + j]) - y[static_cast<size_t>(r * width + j)];
+        e += static_cast<double>(h[j]) * d * d;
+      }
+      err[static_cast<size_t>(r)] = e;
+    }
+    return Status::ok();
+  };
+  std::vector<double> best, err;
+  QFORGE_RETURN_IF_ERROR(row_errors(out, best));
+  const int steps = static_cast<int>(options.clip_max_shrink * options.clip_grid + 1e-9);
+  for (int i = 1; i <= steps; ++i) {
+    qo.clip_ratio = static_cast<float>(1.0 - static_cast<double>(i) / options.clip_grid);
+    if (!(qo.clip_ratio > 0)) break;
+    QFORGE_ASSIGN_OR_RETURN(QuantizedTensor cand, quantize(scheme, sub, rows, width, qo));
+    QFORGE_RETURN_IF_ERROR(row_errors(cand, err));
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!(err[static_cast<size_t>(r)] < best[static_cast<size_t>(r)])) continue;
+      best[static_cast<size_t>(r)] = err[static_cast<size_t>(r)];
+      for (auto plane : {&QuantizedTensor::codes, &QuantizedTensor::scales, &QuantizedTensor::zeros}) {
+        const size_t rb = plane_row_bytes(out.*plane, rows);
+        if (rb == 0) continue;
+        std::memcpy((out.*plane).data() + static_cast<size_t>(r) * rb, (cand.*plane).data() + static_cast<size_t>(r) * rb, rb);
+      }
+    }
+  }
+  return Status::ok();
+}
+
+// Finds every code's value in each level table by writing that code into every element of the
+// group (planar: pack_bits into the codes plane; GGUF: the block's code writer, scales untouched)
+// and dequantizing through the table.
+Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
+                  const GptqOptions& options, GroupGrid& g) {
+  QFORGE_RETURN_IF_ERROR(choose_params(scheme, sub, rows, width, h, options, g.params));
+  const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format);
+  int64_t levels = int64_t{1} << scheme.bits;
+  g.sub = width;
+  if (layout != nullptr) {
+    if (width != layout->block) return Status::error(ErrorCode::internal, "GPTQ: GGUF group is not one block");
+    levels = layout->levels;
+    g.sub = layout->sub_block;
+  }
+  g.nsub = width / g.sub;
   QuantizedTensor probe = g.params;
-  const size_t row_bytes = packed_size(width, scheme.bits);
-  if (probe.codes.size() != row_bytes * static_cast<size_t>(rows))
+  const size_t row_bytes = probe.codes.size() / static_cast<size_t>(rows);
+  if (layout == nullptr && probe.codes.size() != packed_size(width, scheme.bits) * static_cast<size_t>(rows))
     return unsupported("GPTQ: scheme " + scheme.name() + " does not store one " + std::to_string(scheme.bits) +
                        "-bit code per weight");
   std::vector<uint8_t> same(static_cast<size_t>(width));
   std::vector<float> out(static_cast<size_t>(rows * width));
-  std::vector<std::vector<std::pair<float, uint8_t>>> cand(static_cast<size_t>(rows));
-  for (int64_t c = 0; c < g.codes; ++c) {
+  const size_t tables = static_cast<size_t>(rows * g.nsub);
+  std::vector<std::vector<std::pair<float, uint8_t>>> cand(tables);
+  for (int64_t c = 0; c < levels; ++c) {
     std::fill(same.begin(), same.end(), static_cast<uint8_t>(c));
-    for (int64_t r = 0; r < rows; ++r) pack_bits(same.data(), width, scheme.bits, probe.codes.data() + r * row_bytes);
-    QFORGE_RETURN_IF_ERROR(dequantize(probe, out.data()));
     for (int64_t r = 0; r < rows; ++r) {
-      const float v = out[static_cast<size_t>(r * width)];
-      if (std::isfinite(v)) cand[static_cast<size_t>(r)].push_back({v, static_cast<uint8_t>(c)});
+      uint8_t* row = probe.codes.data() + static_cast<size_t>(r) * row_bytes;
+      if (layout != nullptr) layout->set_codes(row, same.data());
+      else pack_bits(same.data(), width, scheme.bits, row);
     }
+    QFORGE_RETURN_IF_ERROR(dequantize(probe, out.data()));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t s = 0; s < g.nsub; ++s) {
+        const float* vs = out.data() + r * width + s * g.sub;
+        // Every element of a table must decode alike (the premise of one table per sub-block).
+        for (int64_t j = 1; j < g.sub; ++j)
+          if (std::memcmp(&vs[j], &vs[0], sizeof(float)) != 0)
+            return Status::error(ErrorCode::internal, "GPTQ: elements of one sub-block of " + scheme.name() +
+                                                          " decode differently for one code");
+        if (std::isfinite(vs[0])) cand[static_cast<size_t>(r * g.nsub + s)].push_back({vs[0], static_cast<uint8_t>(c)});
+      }
   }
-  g.val.assign(static_cast<size_t>(rows), {});
-  g.code.assign(static_cast<size_t>(rows), {});
-  for (int64_t r = 0; r < rows; ++r) {
-    auto& cr = cand[static_cast<size_t>(r)];
+  g.val.assign(tables, {});
+  g.code.assign(tables, {});
+  for (size_t t = 0; t < tables; ++t) {
+    auto& cr = cand[t];
     // Stable: among equal values the lowest code wins.
     std::stable_sort(cr.begin(), cr.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     if (cr.empty()) return Status::error(ErrorCode::internal, "GPTQ: no finite value in the grid of " + scheme.name());
     for (const auto& [v, code] : cr) {
-      g.val[static_cast<size_t>(r)].push_back(v);
-      g.code[static_cast<size_t>(r)].push_back(code);
+      g.val[t].push_back(v);
+      g.code[t].push_back(code);
     }
   }
   return Status::ok();
@@ -119,7 +213,9 @@ size_t nearest(const std::vector<float>& vals, double x) {
 
 bool gptq_supports(const Scheme& scheme) {
   const FormatTraits* t = find_format_by_id(scheme.format);
-  if (!t || t->blocks_in_codes || scheme.double_quant) return false;
+  if (!t || scheme.double_quant) return false;
+  // GGUF blocks: the formats whose element codes can be rewritten under fixed block scales.
+  if (t->blocks_in_codes) return formats::gguf_code_layout(scheme.format) != nullptr;
   // A per-tensor extra plane (NVFP4's global scale) would differ between group sub-matrices.
   if (t->extra_bytes != nullptr && t->extra_bytes(scheme, 1, 256) > 0) return false;
   return scheme.bits >= 1 && scheme.bits <= 8;
@@ -130,7 +226,7 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   QFORGE_RETURN_IF_ERROR(validate_scheme(scheme, rows, cols));
   if (!gptq_supports(scheme))
     return unsupported("GPTQ does not support scheme " + scheme.name() +
-                       " (block formats with scales inside the codes, extra planes or double quantization)");
+                       " (IQ4_NL/TQ*/Q8_K blocks, extra planes or double quantization)");
   if (tokens <= 0) return invalid_argument("GPTQ needs calibration tokens (got " + std::to_string(tokens) + ")");
   if (!(options.damp > 0) || options.block_size <= 0)
     return invalid_argument("GPTQ: damp must be > 0 and block size positive");
@@ -160,6 +256,10 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
     }
   }
 
+  // Importance of each column for the group parameters (GGUF block search, MSE clipping).
+  std::vector<float> hdiag(C);
+  for (size_t j = 0; j < C; ++j) hdiag[j] = static_cast<float>(diag[j]);
+
   // Act-order: columns by decreasing H diagonal (stable, so equal diagonals keep their order).
   std::vector<int64_t> perm(C);
   std::iota(perm.begin(), perm.end(), int64_t{0});
@@ -179,7 +279,7 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
       for (int64_t c = 0; c < gs; ++c)
         sub[static_cast<size_t>(r * gs + c)] =
             static_cast<float>(source[static_cast<size_t>(r) * C + static_cast<size_t>(col_of[static_cast<size_t>(g * gs + c)])]);
-    QFORGE_RETURN_IF_ERROR(build_grid(scheme, sub.data(), rows, gs, grids[static_cast<size_t>(g)]));
+    QFORGE_RETURN_IF_ERROR(build_grid(scheme, sub.data(), rows, gs, hdiag.data() + g * gs, options, grids[static_cast<size_t>(g)]));
     grid_ready[static_cast<size_t>(g)] = true;
     return Status::ok();
   };
@@ -237,9 +337,10 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
       const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
       for (int64_t r = 0; r < rows; ++r) {
         double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
-        const size_t k = nearest(grid.val[static_cast<size_t>(r)], wv);
-        const double q = grid.val[static_cast<size_t>(r)][k];
-        codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.code[static_cast<size_t>(r)][k];
+        const std::vector<float>& vals = grid.values(r, orig % gs);
+        const size_t k = nearest(vals, wv);
+        const double q = vals[k];
+        codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.codes_of(r, orig % gs)[k];
         const double e = (wv - q) / d;
         loss += (wv - q) * (wv - q) / (d * d);
         err[static_cast<size_t>(r * B + (i - i1))] = e;
@@ -271,6 +372,22 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   q.zeros.assign(sizes.zeros, 0);
   std::vector<int64_t> pos(C);  // permuted position of each original column
   for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
+  if (const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format); layout != nullptr) {
+    // GGUF: each block keeps the scales chosen for it and gets the sweep's codes.
+    const size_t bb = grids.empty() ? 0 : grids[0].params.codes.size() / static_cast<size_t>(rows);
+    if (q.codes.size() != bb * static_cast<size_t>(rows * n_groups))
+      return Status::error(ErrorCode::internal, "GPTQ: GGUF block size mismatch");
+    std::vector<uint8_t> block_codes(static_cast<size_t>(gs));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < n_groups; ++g) {
+        uint8_t* dst = q.codes.data() + static_cast<size_t>(r * n_groups + g) * bb;
+        std::memcpy(dst, grids[static_cast<size_t>(g)].params.codes.data() + static_cast<size_t>(r) * bb, bb);
+        for (int64_t c = 0; c < gs; ++c)
+          block_codes[static_cast<size_t>(c)] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[static_cast<size_t>(g * gs + c)])];
+        layout->set_codes(dst, block_codes.data());
+      }
+    return result;
+  }
   const size_t row_bytes = q.packed_row_bytes();
   std::vector<uint8_t> row_codes(C);
   for (int64_t r = 0; r < rows; ++r) {

@@ -268,4 +268,10 @@ Status ActQuantProcessor::process_block(BlockContext& ctx) {
   return Status::ok();
 }
 
+Status ActQuantProcessor::restore(Model& model, const LinearSite& site, const std::string& name, float scale) {
+  QFORGE_RETURN_IF_ERROR(wrap_act_quant(model, site, scheme_, scale));
+  if (act_scheme_is_static(scheme_)) record_.scales[name] = scale;
+  return Status::ok();
+}
+
 }  // namespace qforge

@@ -48,6 +48,11 @@ Model::~Model() = default;
 const ModelConfig& Model::config() const { return impl_->config; }
 const Tensor& Model::token_embedding() const { return impl_->token_embedding; }
 
+void Model::release_embedding_and_head() {
+  impl_->token_embedding = Tensor();
+  impl_->output.reset();
+}
+
 std::string linear_site_name(const LinearSite& site) {
   if (site.layer < 0) return tensor_role_name(site.role);
   return "layer " + std::to_string(site.layer) + " " + tensor_role_name(site.role);
@@ -131,6 +136,7 @@ Status Model::replace_linear(const LinearSite& site, std::unique_ptr<Linear> lay
   auto* s = impl_->slot(site);
   if (!s) return invalid_argument("model has no linear layer at " + linear_site_name(site));
   if (!layer) return invalid_argument("replace_linear at " + linear_site_name(site) + ": null layer");
+  if (!*s) return invalid_argument("replace_linear at " + linear_site_name(site) + ": the layer was released");
   const Linear& old = **s;
   if (layer->in_features() != old.in_features() || layer->out_features() != old.out_features())
     return invalid_argument("replace_linear at " + linear_site_name(site) + ": shape [" +
@@ -465,6 +471,8 @@ Status Model::forward(std::span<const TokenChunk> chunks, KVCache& cache, Logits
   Impl& m = *impl_;
   const ModelConfig& c = m.config;
   if (!c.causal) return invalid_argument(std::string(architecture_name(c.arch)) + " is an encoder: use encode()");
+  if (m.token_embedding.empty() || !m.output)
+    return Status::error(ErrorCode::internal, "forward: the embedding and output head were released");
   if (cache.num_layers_ != c.num_layers || cache.kv_dim_ != c.kv_dim())
     return invalid_argument("KV cache was not made for this model");
   if (chunks.empty()) return invalid_argument("forward: no token chunks");
@@ -568,6 +576,8 @@ Status check_block_batch(const ModelConfig& c, int64_t batch, int64_t seq_len, s
 Status Model::embed_tokens(const int32_t* input_ids, int64_t batch, int64_t seq_len, std::span<float> hidden) const {
   const ModelConfig& c = impl_->config;
   QFORGE_RETURN_IF_ERROR(check_block_batch(c, batch, seq_len, hidden.size(), "embed_tokens"));
+  if (impl_->token_embedding.empty())
+    return Status::error(ErrorCode::internal, "embed_tokens: the token embedding was released");
   const int64_t H = c.hidden_size;
   std::fill(hidden.begin(), hidden.end(), 0.0f);
   for (int64_t r = 0; r < batch * seq_len; ++r) {
@@ -609,6 +619,24 @@ Status Model::forward_layer(int layer, std::span<float> hidden, int64_t batch, i
   cache.v_.resize(n);
   Runner runner(m, b, cache, layer);
   runner.run_layers(hidden.data(), layer, layer + 1);
+  return Status::ok();
+}
+
+Status Model::forward_head(std::span<const float> hidden, int64_t rows, std::span<float> logits) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.config;
+  if (!c.causal || !m.output) return invalid_argument(std::string("forward_head: ") + architecture_name(c.arch) + " has no output head");
+  if (rows <= 0 || rows > (int64_t{1} << 24)) return invalid_argument("forward_head: bad row count " + std::to_string(rows));
+  if (hidden.size() != static_cast<size_t>(rows * c.hidden_size) || logits.size() != static_cast<size_t>(rows * c.vocab_size))
+    return invalid_argument("forward_head: buffers hold " + std::to_string(hidden.size()) + " hidden and " +
+                            std::to_string(logits.size()) + " logit floats for " + std::to_string(rows) + " rows");
+  Batch b;
+  b.total = rows;
+  KVCache unused;
+  Runner runner(m, b, unused);
+  std::vector<float> x(hidden.begin(), hidden.end());
+  runner.norm(x.data(), m.final_norm_w, m.final_norm_b, x.data(), rows);
+  runner.linear({-1, TensorRole::output}, *m.output, x.data(), logits.data(), rows);
   return Status::ok();
 }
 

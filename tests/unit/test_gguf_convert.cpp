@@ -606,7 +606,7 @@ TEST(GgufQuantize, LegacyImatrixIsReadAndAveragedByCallCount) {
 
 // The fuzz seeds (fuzz/corpus/imatrix) are valid inputs of the readers they exercise.
 TEST(GgufQuantize, FuzzSeedsParse) {
-  const fs::path dir = fs::path(__FILE__).parent_path() / ".." / ".." / "fuzz" / "corpus" / "imatrix";
+  const fs::path dir = fs::path(QFORGE_SOURCE_DIR) / "fuzz" / "corpus" / "imatrix";
   if (!fs::exists(dir)) GTEST_SKIP() << dir << " not found";
   Expected<Imatrix> g = Imatrix::load((dir / "imatrix.gguf").string());
   ASSERT_TRUE(g.has_value()) << g.status().message();

@@ -170,7 +170,9 @@ std::vector<uint8_t> tiny_gguf(const std::string& arch, GgmlType q_type, bool wi
                                std::map<std::string, std::vector<float>>* dequantized = nullptr) {
   GgufWriter w("unused");
   EXPECT_TRUE(w.set_string("general.architecture", arch).is_ok());
-  if (with_block_count) EXPECT_TRUE(w.set_u32(arch + ".block_count", 1).is_ok());
+  if (with_block_count) {
+    EXPECT_TRUE(w.set_u32(arch + ".block_count", 1).is_ok());
+  }
   EXPECT_TRUE(w.set_u32(arch + ".embedding_length", 256).is_ok());
   EXPECT_TRUE(w.set_u32(arch + ".feed_forward_length", 256).is_ok());
   EXPECT_TRUE(w.set_u32(arch + ".attention.head_count", 2).is_ok());

@@ -3,6 +3,8 @@
 // stories260K's tok512 tokenizer) and a generated calibration text.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -93,6 +95,116 @@ TEST(PtqCli, GptqResumeAfterCrashIsByteIdentical) {
   EXPECT_EQ(meta.at("quantize.method"), "gptq");
   EXPECT_EQ(meta.at("gptq.act_order"), "true");
   EXPECT_NE(pf->manifest_command().find("--act-order"), std::string::npos);
+}
+
+std::string calib_cmd(const Fixture& f, const std::string& out, const std::string& args) {
+  return quote(cli_path()) + " quantize " + quote(f.model) + " " + args + " --calib " + quote(f.calib) +
+         " --tokenizer " + quote(f.tokenizer) + " --calib-windows 6 --calib-ctx 48 --out " + quote(out) + " 2>&1";
+}
+
+TEST(PtqCli, AwqAndSmoothQuantResumeAfterCrashAreByteIdentical) {
+  // The block state of methods that rewrite the block (norm folds, activation scales) is saved
+  // with the quantized weights, so a resumed run reproduces the uninterrupted one byte for byte
+  // (packed and GGUF output).
+  QFORGE_REQUIRE_SHARED("models/hf-goldens/llama-gqa-untied");
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const Fixture f = make_fixture();
+  int i = 0;
+  for (const std::string args : {"--method awq --scheme int4-g32-asym --keep lm_head",
+                                 "--method awq+gptq --scheme int3-g32-asym --act-scheme int8-token-dyn",
+                                 "--method smoothquant --scheme int8-ch-sym --act-scheme int8-tensor-static",
+                                 "--method awq+gptq --format gguf --type Q4_0 --no-vocab --allow-fallback"}) {
+    const std::string ext = args.find("gguf") != std::string::npos ? ".gguf" : ".safetensors";
+    const std::string a = f.dir + "/a" + std::to_string(i) + ext, b = f.dir + "/b" + std::to_string(i) + ext;
+    ++i;
+    std::string log;
+    ASSERT_EQ(run_command(calib_cmd(f, a, args), &log), 0) << args << "\n" << log;
+    EXPECT_NE(run_command("QFORGE_QUANTIZE_CRASH_AFTER_BLOCK=0 " + calib_cmd(f, b, args), &log), 0) << log;
+    EXPECT_FALSE(fs::exists(b)) << args;
+    ASSERT_TRUE(fs::exists(b + ".qforge-resume/state.json")) << args << "\n" << log;
+    ASSERT_EQ(run_command(calib_cmd(f, b, args + " --resume"), &log), 0) << args << "\n" << log;
+    EXPECT_NE(log.find("resuming after block 0"), std::string::npos) << log;
+    const std::string bytes_a = read_bytes(a), bytes_b = read_bytes(b);
+    ASSERT_FALSE(bytes_a.empty());
+    EXPECT_TRUE(bytes_a == bytes_b) << args << ": resumed output differs (" << bytes_a.size() << " vs "
+                                    << bytes_b.size() << " bytes)";
+  }
+}
+
+TEST(PtqCli, GptqIntoGgufReloadsMatchesPackedAndBeatsRtn) {
+  // GPTQ into Q4_0 blocks through --format gguf: the file loads, its block linears are the ones
+  // the same GPTQ run writes into qforge's packed layout (--scheme q4_0; the GGUF file's q/k rows
+  // are permuted for llama.cpp's RoPE, which the loader undoes), so both evaluate alike, and its
+  // error on the calibration windows is below round-to-nearest GGUF of the same type.
+  QFORGE_REQUIRE_SHARED("models/hf-goldens/llama-gqa-untied");
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const Fixture f = make_fixture();
+  const std::string g = f.dir + "/g.gguf", r = f.dir + "/r.gguf", p = f.dir + "/p.safetensors";
+  const std::string keep_f32 = " --pure --output-tensor-type F32 --token-embedding-type F32 --no-vocab";  // tok512 is no SentencePiece model
+  std::string log;
+  ASSERT_EQ(run_command(calib_cmd(f, g, "--method gptq --format gguf --type Q4_0" + keep_f32), &log), 0) << log;
+  ASSERT_EQ(run_command(calib_cmd(f, p, "--method gptq --scheme q4_0 --keep lm_head"), &log), 0) << log;
+  ASSERT_EQ(run_command(quote(cli_path()) + " quantize " + quote(f.model) + " --format gguf --type Q4_0" + keep_f32 +
+                            " --out " + quote(r) + " 2>&1",
+                        &log),
+            0)
+      << log;
+
+  TokenizerOptions to;
+  to.vocab_size = 512;
+  auto tok = load_tokenizer(f.tokenizer, to);
+  ASSERT_TRUE(tok.has_value());
+  CalibrationOptions co;
+  co.windows = 6;
+  co.ctx = 48;
+  auto calib = load_calibration_set(f.calib, **tok, co);
+  ASSERT_TRUE(calib.has_value());
+  auto load = [&](const std::string& path) {
+    ModelLoadOptions lo;
+    lo.config = f.model;
+    auto m = Model::load(path, lo);
+    EXPECT_TRUE(m.has_value()) << path << ": " << m.status().message();
+    return std::move(*m);
+  };
+  auto final_hidden = [&](Model& m) {
+    std::vector<float> h(static_cast<size_t>(calib->tokens_used() * m.config().hidden_size));
+    EXPECT_TRUE(m.embed_tokens(calib->tokens.data(), calib->windows, calib->ctx, h));
+    for (int L = 0; L < m.config().num_layers; ++L) EXPECT_TRUE(m.forward_layer(L, h, calib->windows, calib->ctx));
+    return h;
+  };
+  // Mean negative log-likelihood of the next token over the windows.
+  auto nll = [&](Model& m) {
+    auto logits = m.forward_batch(calib->tokens.data(), calib->windows, calib->ctx);
+    EXPECT_TRUE(logits.has_value());
+    const int64_t V = m.config().vocab_size;
+    const float* lp = logits->data_as<float>();
+    double sum = 0;
+    int64_t n = 0;
+    for (int64_t w = 0; w < calib->windows; ++w)
+      for (int64_t t = 0; t + 1 < calib->ctx; ++t) {
+        const float* row = lp + (w * calib->ctx + t) * V;
+        double mx = row[0], z = 0;
+        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+        for (int64_t v = 0; v < V; ++v) z += std::exp(row[v] - mx);
+        sum += mx + std::log(z) - row[calib->tokens[static_cast<size_t>(w * calib->ctx + t + 1)]];
+        ++n;
+      }
+    return sum / static_cast<double>(n);
+  };
+  Model mref = load(f.model), mg = load(g), mr = load(r), mp = load(p);
+  const auto ref = final_hidden(mref), hg = final_hidden(mg), hr = final_hidden(mr), hp = final_hidden(mp);
+  double eg = 0, er = 0, dgp = 0, np = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    eg += (hg[i] - ref[i]) * (hg[i] - ref[i]);
+    er += (hr[i] - ref[i]) * (hr[i] - ref[i]);
+    dgp += (hg[i] - hp[i]) * (hg[i] - hp[i]);
+    np += hp[i] * hp[i];
+  }
+  EXPECT_LT(eg, er) << "GPTQ-GGUF squared error " << eg << ", RTN-GGUF " << er;
+  // Same weights, different RoPE layout and summation order: float rounding only.
+  EXPECT_LT(std::sqrt(dgp / np), 1e-5) << "GGUF vs packed relative difference of the final hidden states";
+  const double ppl_g = std::exp(nll(mg)), ppl_p = std::exp(nll(mp));
+  EXPECT_LT(std::fabs(ppl_g / ppl_p - 1), 1e-4) << "perplexity GGUF " << ppl_g << " vs packed " << ppl_p;
 }
 
 TEST(PtqCli, GptqBeatsRtnOnTheCalibrationWindows) {

@@ -97,6 +97,28 @@ TEST(PtqPipeline, ForwardLayerRejectsBadArguments) {
   EXPECT_FALSE(m->embed_tokens(bad.data(), 2, 4, h));
 }
 
+TEST(PtqPipeline, ReleasedEmbeddingLeavesBlockForwardIntact) {
+  // quantize --calib drops the embedding table and the head once the windows are embedded (peak
+  // memory): block forwards must be unchanged, whole-model forwards must fail cleanly.
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  auto m = Model::load_llama2c(stories_path());
+  ASSERT_TRUE(m.has_value());
+  const ModelConfig& c = m->config();
+  const int64_t batch = 2, seq = 16;
+  auto tokens = random_tokens(batch * seq, c.vocab_size, 3);
+  std::vector<float> before(static_cast<size_t>(batch * seq * c.hidden_size));
+  ASSERT_TRUE(m->embed_tokens(tokens.data(), batch, seq, before));
+  std::vector<float> after = before;
+  ASSERT_TRUE(m->forward_layer(0, before, batch, seq));
+  m->release_embedding_and_head();
+  EXPECT_TRUE(m->token_embedding().empty());
+  EXPECT_EQ(m->linear({-1, TensorRole::output}), nullptr);
+  ASSERT_TRUE(m->forward_layer(0, after, batch, seq));
+  EXPECT_EQ(before, after);
+  EXPECT_FALSE(m->embed_tokens(tokens.data(), batch, seq, after));
+  EXPECT_FALSE(m->forward_batch(tokens.data(), batch, seq).has_value());
+}
+
 TEST(PtqPipeline, StatisticsEqualFullModelCapture) {
   QFORGE_REQUIRE_SHARED("models/stories260K");
   auto m = Model::load_llama2c(stories_path());

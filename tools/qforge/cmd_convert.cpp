@@ -165,6 +165,9 @@ int run_gguf_quantize(const GgufQuantizeRequest& r) {
   }
   std::printf("\n");
   std::fflush(stdout);
+  if (r.calibrate) {
+    if (Status s = r.calibrate(*input, *plan, o); !s) return report_error(s);
+  }
   Expected<GgufWriteResult> w = write_gguf_model(*input, *plan, o, r.output, progress_options(), cmd);
   if (!w) return report_error(w.status());
   std::printf("wrote %s: %s (%llu bytes), %lld tensors, %.4f bits/weight, in %s\n", r.output.c_str(),

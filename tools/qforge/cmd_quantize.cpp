@@ -10,6 +10,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "qforge/mixed_precision.h"
 #include "qforge/packed.h"
 #include "qforge/parallel.h"
 #include "quantize_calibrated.h"
@@ -208,6 +209,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                   "[gguf] REGEX=TYPE: store tensors whose GGUF name matches as TYPE (repeatable; last match wins)");
   cmd->add_option("--tensor-type-file", g.tensor_type_file,
                   "[gguf] File of REGEX=TYPE lines ('#' comments), applied after --tensor-type");
+  cmd->add_option("--plan", g.plan,
+                  "[gguf] Mixed-precision plan from qforge plan (implies --format gguf; its preset unless --type)");
   cmd->add_option("--output-tensor-type", g.output_tensor_type, "[gguf] Type of output.weight (or tied token_embd)");
   cmd->add_option("--token-embedding-type", g.token_embedding_type, "[gguf] Type of token_embd.weight");
   cmd->add_flag("--pure", g.pure, "[gguf] Use the preset's type for every weight (no per-role rules)");
@@ -248,6 +251,9 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       ->check(CLI::Range(1e-8, 10.0));
   cmd->add_flag("--act-order", c.gptq.act_order,
                 "[gptq] Quantize columns by decreasing Hessian diagonal (static groups keep scales contiguous)");
+  cmd->add_flag("--gptq-clip", c.gptq.mse_clip,
+                "[gptq] MSE-optimal clipping: per row and group the clip ratio (1 down to 0.5 in steps of 0.05) "
+                "minimising the Hessian-diagonal-weighted error, chosen before the sweep");
   cmd->add_option("--gptq-block", c.gptq.block_size, "[gptq] Lazy-update block width in columns (default 128)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_flag("!--no-sequential", c.gptq.sequential,
@@ -271,14 +277,44 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     std::optional<ScopedThreadLimit> limit;
     if (opt->threads > 0) limit.emplace(opt->threads);
     const bool calibrated = given("--calib");
+    if (given("--plan")) {  // a qforge plan file: a --tensor-type-file naming its preset
+      if (given("--format") && opt->format != "gguf") return fail(invalid_argument("--plan applies to --format gguf"));
+      if (given("--tensor-type-file")) return fail(invalid_argument("--plan and --tensor-type-file exclude each other"));
+      opt->format = "gguf";
+      opt->gguf.tensor_type_file = opt->gguf.plan;
+      if (opt->gguf.type.empty()) {
+        Expected<std::string> preset = read_plan_preset(opt->gguf.plan);
+        if (!preset) return fail(preset.status().with_context("--plan"));
+        opt->gguf.type = *preset;
+      }
+    }
     if (opt->format == "gguf") {
-      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose", "--method", "--calib", "--resume"})
+      for (const char* name : {"--scheme", "--filter", "--keep", "--verbose"})
         if (given(name))
           return fail(invalid_argument(std::string(name) + " applies to --format packed; GGUF output takes --type "
                                                            "and --tensor-type"));
       if (opt->gguf.type.empty()) return fail(invalid_argument("--format gguf needs --type (e.g. --type Q4_K_M)"));
       opt->gguf.input = opt->input;
       opt->gguf.output = opt->output;
+      if (calibrated) {  // GPTQ / AWQ into the preset's GGUF types (cmd_quantize_calib.cpp)
+        if (!given("--method")) opt->calib.method = "gptq";
+        CalibratedQuantizeRequest creq = opt->calib;
+        creq.input = opt->input;
+        creq.output = opt->output;
+        creq.format = "gguf";
+        creq.tokenizer = opt->gguf.input_options.tokenizer;
+        creq.hidden_dtype = opt->calib_hidden == "bf16" ? DType::bf16 : DType::f32;
+        // With --no-vocab, --tokenizer only tokenizes the calibration text.
+        if (opt->gguf.input_options.no_vocab) opt->gguf.input_options.tokenizer.clear();
+        auto storage = std::make_shared<GgufCalibratedTensors>();
+        opt->gguf.calibrate = [creq, storage](const GgufModelInput& in, const GgufQuantizePlan& plan,
+                                              GgufQuantizeOptions& o) {
+          return quantize_calibrated_gguf(creq, in, plan, *storage, o);
+        };
+        install_interrupt_handler();
+      } else if (given("--method") || given("--resume")) {
+        return fail(invalid_argument("--method and --resume with --format gguf need --calib FILE"));
+      }
       opt->gguf.card = opt->card;
       *exit_code = run_gguf_quantize(opt->gguf);
       return;
@@ -292,14 +328,14 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
         return fail(invalid_argument("--method " + opt->calib.method + " needs --calib FILE"));
       if (opt->format == "gptq" || opt->format == "awq")
         return fail(invalid_argument("--format " + opt->format + " needs --calib FILE (calibrated pipeline)"));
-      for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block",
+      for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block", "--gptq-clip",
                                "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer",
                                "--act-scheme", "--act-observer", "--alpha", "--awq-grid", "--no-awq-clip"})
         if (given(name)) return fail(invalid_argument(std::string(name) + " applies to calibrated quantization (--calib)"));
     } else {
       const std::string& m = opt->calib.method;
       if (m != "gptq" && m != "awq+gptq")
-        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--no-sequential"})
+        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--gptq-clip", "--no-sequential"})
           if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq or awq+gptq"));
       if (m != "smoothquant" && given("--alpha")) return fail(invalid_argument("--alpha applies to --method smoothquant"));
       if (m != "awq" && m != "awq+gptq")

@@ -2,7 +2,9 @@
 // the command line, with per-block state for --resume.
 //
 // Resume state, in "<out>.qforge-resume/" (every file written atomically):
-//   block-NNN.safetensors  the quantized weights of block NNN (packed layout)
+//   block-NNN.safetensors  the quantized weights of block NNN (packed layout); for AWQ, SmoothQuant
+//                          and --act-scheme also the block's norms, its unquantized linears and
+//                          (metadata "act_scales") its static activation scales
 //   hidden-NNN.bin         the hidden states entering block NNN (raw little-endian, --calib-hidden dtype)
 //   state.json             {"fingerprint": ..., "blocks_done": N, "hidden_sha256": ...}, written
 //                          after the files it points at, so it never names a partial state
@@ -73,12 +75,14 @@ std::string fingerprint(const CalibratedQuantizeRequest& req, const SafetensorsC
   j["batch_windows"] = req.batch_windows;
   j["hidden_dtype"] = dtype_name(req.hidden_dtype);
   j["format"] = req.format;
+  if (!req.site_scheme_fingerprint.empty()) j["site_schemes"] = req.site_scheme_fingerprint;
   j["act"] = {req.act_scheme, req.act_observer};
   if (req.method == "awq" || req.method == "awq+gptq")
     j["awq"] = {req.awq.grid, req.awq.clip, req.awq.clip_grid, req.awq.max_shrink};
   if (req.method == "smoothquant") j["alpha"] = req.alpha;
   if (req.method == "gptq" || req.method == "awq+gptq")
-    j["gptq"] = {req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.sequential};
+    j["gptq"] = {req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.sequential, req.gptq.mse_clip,
+                 req.gptq.clip_grid, req.gptq.clip_max_shrink};
   return sha256_hex(j.dump());
 }
 
@@ -111,6 +115,100 @@ void release_free_heap() {
 #endif
 }
 
+// What a block rewrite (AWQ / SmoothQuant folds, activation quantization) changed besides the
+// quantized weights: the block's norms, its linears left unquantized (dense, with bias) and the
+// static activation scales of its linears (metadata "act_scales": {"<weight name>": scale}).
+Status save_block_state(Model& model, Architecture arch, int layer, const QuantizedSiteMap& results,
+                        const ActQuantProcessor* act, std::map<std::string, Tensor>& plain,
+                        std::map<std::string, std::string>& meta) {
+  for (auto [role, which] : {std::pair{TensorRole::attn_norm, Model::BlockNorm::attention},
+                             std::pair{TensorRole::mlp_norm, Model::BlockNorm::mlp}})
+    for (bool bias : {false, true}) {
+      std::span<float> v = bias ? model.norm_bias(layer, which) : model.norm_weight(layer, which);
+      if (v.empty()) continue;
+      auto name = tensor_name_for_role(arch, role, layer, bias);
+      if (!name) continue;
+      plain[*name] = Tensor::from_f32({static_cast<int64_t>(v.size())}, std::vector<float>(v.begin(), v.end()));
+    }
+  nlohmann::json scales = nlohmann::json::object();
+  for (const auto& group : block_input_groups(model, layer))
+    for (const LinearSite& site : group) {
+      const std::string name = site_tensor_name(arch, site);
+      if (act != nullptr) {
+        auto it = act->record().scales.find(name);
+        if (it != act->record().scales.end()) scales[name] = it->second;
+      }
+      if (results.count(site)) continue;
+      // Unquantized: its dense weight as the block left it (the ActQuantLinear wrapper is
+      // re-applied on resume, so the inner weight is what is saved).
+      const Linear* lin = model.linear(site);
+      if (lin == nullptr) continue;
+      std::vector<float> w(static_cast<size_t>(lin->out_features() * lin->in_features()));
+      lin->dense_weight(w.data());
+      plain[name] = Tensor::from_f32({lin->out_features(), lin->in_features()}, w);
+      if (!lin->bias().empty()) {
+        auto bname = tensor_name_for_role(arch, site.role, site.layer, true);
+        if (bname) plain[*bname] = Tensor::from_f32({static_cast<int64_t>(lin->bias().size())}, lin->bias());
+      }
+    }
+  if (act != nullptr) meta["act_scales"] = scales.dump();
+  return Status::ok();
+}
+
+Status restore_block_state(Model& model, Architecture arch, int layer, const PackedCheckpoint& pc,
+                           ActQuantProcessor* act) {
+  auto plain_f32 = [&](const std::string& name) -> Expected<std::optional<std::vector<float>>> {
+    auto it = pc.plain.find(name);
+    if (it == pc.plain.end()) return std::optional<std::vector<float>>{};
+    QFORGE_ASSIGN_OR_RETURN(Tensor f, it->second.to_f32());
+    const float* v = f.data_as<float>();
+    return std::optional<std::vector<float>>(std::vector<float>(v, v + f.numel()));
+  };
+  for (auto [role, which] : {std::pair{TensorRole::attn_norm, Model::BlockNorm::attention},
+                             std::pair{TensorRole::mlp_norm, Model::BlockNorm::mlp}})
+    for (bool bias : {false, true}) {
+      std::span<float> v = bias ? model.norm_bias(layer, which) : model.norm_weight(layer, which);
+      auto name = tensor_name_for_role(arch, role, layer, bias);
+      if (v.empty() || !name) continue;
+      QFORGE_ASSIGN_OR_RETURN(auto saved, plain_f32(*name));
+      if (!saved) continue;
+      if (saved->size() != v.size()) return parse_error(*name + ": saved norm has the wrong size");
+      std::copy(saved->begin(), saved->end(), v.begin());
+    }
+  std::map<std::string, float> scales;
+  if (auto it = pc.metadata.find("act_scales"); it != pc.metadata.end()) {
+    nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
+    if (!j.is_object()) return parse_error("act_scales is not a JSON object");
+    for (auto& [k, v] : j.items()) {
+      if (!v.is_number()) return parse_error("act_scales: " + k + " is not a number");
+      scales[k] = v.get<float>();
+    }
+  }
+  for (const auto& group : block_input_groups(model, layer))
+    for (const LinearSite& site : group) {
+      const std::string name = site_tensor_name(arch, site);
+      QFORGE_ASSIGN_OR_RETURN(auto w, plain_f32(name));
+      if (w) {
+        const Linear* lin = model.linear(site);
+        if (lin == nullptr || static_cast<int64_t>(w->size()) != lin->out_features() * lin->in_features())
+          return parse_error(name + ": saved weight has the wrong size");
+        std::vector<float> bias = lin->bias();
+        if (auto bname = tensor_name_for_role(arch, site.role, site.layer, true)) {
+          QFORGE_ASSIGN_OR_RETURN(auto b, plain_f32(*bname));
+          if (b) bias = *b;
+        }
+        QFORGE_ASSIGN_OR_RETURN(auto dense,
+                                DenseLinear::create(Tensor::from_f32({lin->out_features(), lin->in_features()}, *w), bias));
+        QFORGE_RETURN_IF_ERROR(model.replace_linear(site, std::move(dense)));
+      }
+      if (act != nullptr) {
+        auto it = scales.find(name);
+        QFORGE_RETURN_IF_ERROR(act->restore(model, site, name, it == scales.end() ? 0.0f : it->second));
+      }
+    }
+  return Status::ok();
+}
+
 int crash_after_block() {
   const char* v = std::getenv("QFORGE_QUANTIZE_CRASH_AFTER_BLOCK");
   return v ? std::atoi(v) : -1;
@@ -125,14 +223,16 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
       req.method != "smoothquant")
     return invalid_argument("--method must be rtn, gptq, awq, awq+gptq or smoothquant, got '" + req.method + "'");
   QFORGE_ASSIGN_OR_RETURN(ActScheme act_scheme, parse_act_scheme(req.act_scheme));
-  // AWQ and SmoothQuant fold scales into norms and activation quantization records scales: the
-  // per-block resume state holds only quantized weights, so these runs start from block 0.
+  // AWQ and SmoothQuant fold scales into norms (and AWQ into the producer linears), activation
+  // quantization wraps the linears with recorded scales: the per-block resume state then also
+  // holds the block's norms, its unquantized linears and its activation scales.
   const bool rewrites_block = req.method == "awq" || req.method == "awq+gptq" || req.method == "smoothquant" ||
                               act_scheme != ActScheme::none;
-  if (req.resume && rewrites_block)
-    return unsupported("--resume supports --method rtn and gptq without --act-scheme");
-  if (req.format != "packed" && req.format != "gptq" && req.format != "awq")
-    return invalid_argument("--format must be packed, gptq or awq for calibrated quantization");
+  const bool to_memory = req.quantized_out != nullptr;  // GGUF: results go to quantize_calibrated_gguf
+  if (to_memory != (req.format == "gguf") || (to_memory && !req.site_scheme))
+    return Status::error(ErrorCode::internal, "quantize_calibrated: GGUF output needs per-site schemes and a result map");
+  if (req.format != "packed" && req.format != "gptq" && req.format != "awq" && req.format != "gguf")
+    return invalid_argument("--format must be packed, gptq, awq or gguf for calibrated quantization");
   QFORGE_ASSIGN_OR_RETURN(ModelFileKind kind, detect_model_file(req.input));
   if (kind != ModelFileKind::hf_directory && kind != ModelFileKind::safetensors)
     return invalid_argument("--calib needs an HF directory or a .safetensors checkpoint, " + req.input + " is " +
@@ -164,6 +264,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   std::set<std::string> incompatible;
   const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
   SchemeForSite scheme_for = [&](const LinearSite& site, int64_t rows, int64_t cols) -> std::optional<Scheme> {
+    if (req.site_scheme) return req.site_scheme(site, rows, cols);
     const std::string name = site_tensor_name(arch, site);
     if (!selected_transposed.count(name)) return std::nullopt;
     if (Status v = validate_scheme(req.scheme, rows, cols); !v) {
@@ -172,7 +273,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     }
     return req.scheme;
   };
-  if (gptq && !gptq_supports(req.scheme))
+  if (gptq && !req.site_scheme && !gptq_supports(req.scheme))
     return unsupported("--method gptq does not support scheme " + req.scheme.name() +
                        " (integer and other planar schemes only; GGUF output uses --format gguf)");
 
@@ -229,15 +330,15 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     blocks_done = st["blocks_done"].get<int>();
     if (blocks_done < 1 || blocks_done > layers) return parse_error(state_path + ": bad blocks_done");
     for (int L = 0; L < blocks_done; ++L) {
-      QFORGE_ASSIGN_OR_RETURN(PackedFile pf, PackedFile::open(block_file(dir, L)));
-      for (const PackedTensorInfo& info : pf.quantized()) {
-        QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, pf.load_quantized(info.name));
-        const auto resolved = resolve_tensor_role(arch, info.name);
+      QFORGE_ASSIGN_OR_RETURN(PackedCheckpoint pc, read_packed(block_file(dir, L)));
+      for (auto& [name, q] : pc.quantized) {
+        const auto resolved = resolve_tensor_role(arch, name);
         if (!resolved) return resolved.status().with_context(block_file(dir, L));
         const LinearSite site{resolved->layer, resolved->role};
         QFORGE_RETURN_IF_ERROR(install_quantized(model, site, q));
         (*results)[site] = std::move(q);
       }
+      QFORGE_RETURN_IF_ERROR(restore_block_state(model, arch, L, pc, act_processor).with_context(block_file(dir, L)));
     }
     QFORGE_ASSIGN_OR_RETURN(resumed_hidden,
                             read_hidden(hidden_file(dir, blocks_done),
@@ -261,7 +362,10 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     std::map<std::string, QuantizedTensor> block;
     for (const auto& [site, q] : *results)
       if (site.layer == layer) block[site_tensor_name(arch, site)] = q;
-    QFORGE_RETURN_IF_ERROR(write_packed(block_file(dir, layer), block, {}));
+    std::map<std::string, Tensor> plain;
+    std::map<std::string, std::string> meta;
+    if (rewrites_block) QFORGE_RETURN_IF_ERROR(save_block_state(model, arch, layer, *results, act_processor, plain, meta));
+    QFORGE_RETURN_IF_ERROR(write_packed(block_file(dir, layer), block, plain, {}, meta));
     std::string sha;
     QFORGE_RETURN_IF_ERROR(write_hidden(hidden_file(dir, layer + 1), hidden, &sha));
     nlohmann::json st = {{"fingerprint", fp}, {"blocks_done", layer + 1}, {"hidden_sha256", sha}};
@@ -272,6 +376,11 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     return Status::ok();
   };
   QFORGE_ASSIGN_OR_RETURN(std::unique_ptr<CalibrationPipeline> pipeline, CalibrationPipeline::create(model, calib, po));
+  // The windows are embedded: the embedding table and the output head (the largest tensors of a
+  // small model; one f32 table when tied) are not needed again, since the output is written from
+  // the checkpoint. This keeps the peak below 2x the model's f32 size (docs/ptq.md, "Memory").
+  model.release_embedding_and_head();
+  release_free_heap();
   if (blocks_done > 0) QFORGE_RETURN_IF_ERROR(pipeline->start_at(blocks_done, std::move(resumed_hidden)));
   Status run = pipeline->run(*processor);
   progress.finish();
@@ -303,6 +412,33 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   std::string act_record;
   if (act_processor != nullptr) act_record = act_quant_record_to_json(act_processor->record());
   pipeline.reset();  // frees the calibration hidden states before writing
+
+  if (to_memory) {
+    for (auto& [site, q] : *results) {
+      summary.quantized_tensors += 1;
+      summary.quantized_elements += q.rows * q.cols;
+      summary.quantized_bytes_out += q.nbytes();
+      (*req.quantized_out)[site_tensor_name(arch, site)] = std::move(q);
+    }
+    if (req.dense_out != nullptr && rewrites_block) {
+      // The writer quantizes what the pipeline did not from these values, not the checkpoint's:
+      // a fold changed the norms and the columns / rows of every linear next to them.
+      for (auto& [name, t] : folded) (*req.dense_out)[name] = std::move(t);
+      for (int L = 0; L < layers; ++L)
+        for (const auto& group : block_input_groups(model, L))
+          for (const LinearSite& site : group) {
+            const std::string name = site_tensor_name(arch, site);
+            if (req.quantized_out->count(name)) continue;
+            const Linear* lin = model.linear(site);
+            std::vector<float> w(static_cast<size_t>(lin->out_features() * lin->in_features()));
+            lin->dense_weight(w.data());
+            (*req.dense_out)[name] = Tensor::from_f32({lin->out_features(), lin->in_features()}, w);
+          }
+    }
+    fs::remove_all(dir, ec);
+    summary.seconds = now_seconds() - start;
+    return summary;
+  }
 
   // The output: quantized planes in selection order, then every other tensor as it was. Selected
   // weights outside the blocks (e.g. an untied output head) get plain round-to-nearest.
@@ -416,6 +552,84 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   summary.output_bytes = fs::file_size(req.output, ec);
   summary.seconds = now_seconds() - start;
   return summary;
+}
+
+Status quantize_calibrated_gguf(const CalibratedQuantizeRequest& base, const GgufModelInput& input,
+                                const GgufQuantizePlan& plan, GgufCalibratedTensors& out, GgufQuantizeOptions& options) {
+  if (base.method == "smoothquant" || base.act_scheme != "none")
+    return invalid_argument("--format gguf takes --method rtn, gptq, awq or awq+gptq (GGUF has no activation "
+                            "quantization to store SmoothQuant's W8A8 in)");
+  if (input.kind() == GgufInputKind::gguf)
+    return invalid_argument("--calib with --format gguf needs an HF or safetensors input, not a GGUF file");
+  // Block linears by (layer, role) -> their planned tensor.
+  std::map<LinearSite, const GgufTensorPlan*> planned;
+  std::map<std::string, const GgufInputTensor*> by_source;
+  for (const GgufTensorPlan& p : plan.tensors) {
+    const GgufInputTensor& t = input.tensors()[p.input_index];
+    by_source[t.source_name] = &t;
+    if (t.role.layer >= 0 && !t.role.is_bias && p.quantizable && !p.copy)
+      planned[LinearSite{t.role.layer, t.role.role}] = &p;
+  }
+  const bool gptq = base.method == "gptq" || base.method == "awq+gptq";
+  CalibratedQuantizeRequest req = base;
+  std::map<std::string, QuantizedTensor> quantized;
+  std::map<std::string, Tensor> dense;
+  req.quantized_out = &quantized;
+  req.dense_out = &dense;
+  for (const auto& [site, p] : planned) req.site_scheme_fingerprint += p->name + "=" + ggml_type_name(p->type) + ";";
+  req.site_scheme = [&planned, gptq](const LinearSite& site, int64_t rows, int64_t cols) -> std::optional<Scheme> {
+    auto it = planned.find(site);
+    if (it == planned.end() || find_format_by_gguf_type(static_cast<int>(it->second->type)) == nullptr)
+      return std::nullopt;
+    const Scheme s = gguf_type_scheme(it->second->type);
+    if (!format_traits(s.format).blocks_in_codes || !validate_scheme(s, rows, cols)) return std::nullopt;
+    if (gptq && !gptq_supports(s)) return std::nullopt;  // e.g. IQ4_NL: the writer's RTN
+    return s;
+  };
+  QFORGE_ASSIGN_OR_RETURN(QuantizeSummary summary, quantize_calibrated(req));
+  // To GGUF names and row order (q/k rows are permuted for llama.cpp's RoPE layout).
+  auto row_order = [](const GgufInputTensor& t) {
+    std::vector<float> index(static_cast<size_t>(t.rows())), order(index.size());
+    for (size_t i = 0; i < index.size(); ++i) index[i] = static_cast<float>(i);
+    permute_qk_rows(index.data(), t.rows(), 1, t.permute_heads, order.data());
+    return order;  // order[i]: source row of row i
+  };
+  for (auto& [name, q] : quantized) {
+    auto it = by_source.find(name);
+    if (it == by_source.end()) return Status::error(ErrorCode::internal, name + " is not in the GGUF plan");
+    const GgufInputTensor& t = *it->second;
+    if (t.permute_heads > 0) {
+      const size_t rb = q.codes.size() / static_cast<size_t>(q.rows);
+      std::vector<uint8_t> codes(q.codes.size());
+      const std::vector<float> order = row_order(t);
+      for (int64_t r = 0; r < q.rows; ++r)
+        std::memcpy(codes.data() + static_cast<size_t>(r) * rb,
+                    q.codes.data() + static_cast<size_t>(order[static_cast<size_t>(r)]) * rb, rb);
+      q.codes.swap(codes);
+    }
+    out.quantized[t.name] = std::move(q);
+  }
+  for (auto& [name, tensor] : dense) {
+    auto it = by_source.find(name);
+    if (it == by_source.end()) return Status::error(ErrorCode::internal, name + " is not in the GGUF plan");
+    const GgufInputTensor& t = *it->second;
+    QFORGE_ASSIGN_OR_RETURN(Tensor f, tensor.to_f32());
+    const float* v = f.data_as<float>();
+    std::vector<float> values(v, v + f.numel());
+    if (t.permute_heads > 0) {
+      std::vector<float> permuted(values.size());
+      permute_qk_rows(values.data(), t.rows(), t.cols(), t.permute_heads, permuted.data());
+      values.swap(permuted);
+    }
+    out.f32[t.name] = std::move(values);
+  }
+  options.prequantized = &out.quantized;
+  options.replaced_f32 = &out.f32;
+  std::printf("%s: %lld block linears quantized on calibration data (%s), %zu tensors rewritten, in %s\n",
+              base.method.c_str(), static_cast<long long>(summary.quantized_tensors), base.calib.c_str(),
+              out.f32.size(), format_seconds(summary.seconds).c_str());
+  std::fflush(stdout);
+  return Status::ok();
 }
 
 }  // namespace qforge::cli

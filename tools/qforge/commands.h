@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ void add_eval_command(CLI::App& app, int* exit_code);  // cmd_eval.cpp
 void add_run_command(CLI::App& app, int* exit_code);   // cmd_run.cpp
 void add_bench_command(CLI::App& app, int* exit_code); // cmd_bench.cpp
 void add_convert_command(CLI::App& app, int* exit_code);
+void add_sensitivity_command(CLI::App& app, int* exit_code);  // cmd_sensitivity.cpp
+void add_plan_command(CLI::App& app, int* exit_code);         // cmd_plan.cpp
+void add_sweep_command(CLI::App& app, int* exit_code);        // cmd_sweep.cpp
 
 // ---- analyze ----------------------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ struct GgufQuantizeRequest {
   std::string type;  // preset name (Q4_K_M, F16, ...)
   std::vector<std::string> tensor_types;  // REGEX=TYPE
   std::string tensor_type_file;
+  std::string plan;  // --plan (qforge plan output); becomes tensor_type_file
   std::string output_tensor_type;
   std::string token_embedding_type;
   std::string imatrix;
@@ -139,6 +144,9 @@ struct GgufQuantizeRequest {
   bool allow_fallback = false;
   bool dry_run = false;  // stop after the preflight
   GgufModelInputOptions input_options;
+  // Calibrated quantization into GGUF (quantize --calib --format gguf, cmd_quantize_calib.cpp):
+  // called after the preflight, before writing; sets the options' precomputed tensors.
+  std::function<Status(const GgufModelInput&, const GgufQuantizePlan&, GgufQuantizeOptions&)> calibrate;
   CardRequest card;  // quantize only: the quantization card (card_build.h)
 };
 

@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
   add_bench_command(app, &exit_code);
   add_imatrix_command(app, &exit_code);  // cmd_imatrix.cpp
   add_card_command(app, &exit_code);     // card_build.cpp
+  add_sensitivity_command(app, &exit_code);
+  add_plan_command(app, &exit_code);
+  add_sweep_command(app, &exit_code);
 
   set_command_line(argc, argv);
   qforge::install_interrupt_handler();

@@ -121,6 +121,7 @@ Context::Impl::~Impl() {
   if (scratch) cudaFree(scratch);
   if (lt_workspace) cudaFree(lt_workspace);
   if (lt) cublasLtDestroy(lt);
+  if (solver) cusolverDnDestroy(solver);
   if (blas) cublasDestroy(blas);
   if (stream) cudaStreamDestroy(stream);
 }
@@ -145,6 +146,17 @@ Status Context::Impl::ensure_scratch(size_t bytes) {
   scratch_bytes = 0;
   QFORGE_CUDA_TRY(cudaMalloc(&scratch, bytes));
   scratch_bytes = bytes;
+  return Status::ok();
+}
+
+Status Context::Impl::ensure_solver() {
+  if (solver) return Status::ok();
+  if (cusolverDnCreate(&solver) != CUSOLVER_STATUS_SUCCESS) {
+    solver = nullptr;
+    return Status::error(ErrorCode::io_error, "cusolverDnCreate failed");
+  }
+  if (cusolverDnSetStream(solver, stream) != CUSOLVER_STATUS_SUCCESS)
+    return Status::error(ErrorCode::io_error, "cusolverDnSetStream failed");
   return Status::ok();
 }
 

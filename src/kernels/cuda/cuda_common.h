@@ -4,6 +4,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cusolverDn.h>
 
 #include <map>
 #include <string>
@@ -36,6 +37,7 @@ struct Context::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
+  cusolverDnHandle_t solver = nullptr;  // created on first use (GPTQ)
   void* lt_workspace = nullptr;
   size_t lt_workspace_bytes = 0;
   // Zero-initialised f32 partial sums and arrival counters of split-K kernels; each kernel
@@ -49,6 +51,7 @@ struct Context::Impl {
 
   Status ensure_splitk(size_t bytes);
   Status ensure_scratch(size_t bytes);
+  Status ensure_solver();
   ~Impl();
 };
 
