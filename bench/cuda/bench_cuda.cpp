@@ -174,13 +174,14 @@ int main(int argc, char** argv) {
         });
         std::printf("%lldx%lld M=%lld bf16 %.1f |", (long long)n, (long long)k, (long long)m, t_bf16);
         double best = 1e30;
-        for (int splits : {0, 1, 2, 3, 4, 6}) {
-            cuda::w4a16_set_tuning({splits});
+        for (int late : {1, 2})
+          for (int splits : {0, 2, 4}) {
+            cuda::w4a16_set_tuning({splits, late});
             const double t = time_us(s, [&](int i) {
               must(cuda::w4a16_gemm(*ctx, w4[static_cast<size_t>(i) % w4.size()], xr.at(i), yr.at(i), m, cuda::W4A16Path::fused), "w4a16");
             });
             best = std::min(best, t);
-            std::printf(" s%d %.1f (%.0f%%)", splits, t, 100.0 * static_cast<double>(w4_bytes) / t / 1e6 / 3.01);
+            std::printf(" %s/s%d %.1f (%.0f%%)", late == 2 ? "late" : "pre", splits, t, 100.0 * static_cast<double>(w4_bytes) / t / 1e6 / 3.01);
           }
         cuda::w4a16_set_tuning({});
         std::printf(" | best x bf16 %.2f\n", t_bf16 / best);

@@ -104,10 +104,12 @@ enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2 };
 // split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS.
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m,
                   W4A16Path path = W4A16Path::automatic);
-// Benchmark knob of the fused kernel: a forced split-K count (0 = automatic). Process-wide, not
-// thread-safe: for bench_cuda --w4a16-variants.
+// Benchmark knobs of the fused kernel: a forced split-K count (0 = automatic) and, for M <= 16,
+// where the group scale is applied (0 = automatic: after the mma for M <= 8, before it for
+// 9..16; 1 = to the weights before the mma; 2 = to each tile's f32 mma result). Process-wide, not thread-safe: for bench_cuda --w4a16-variants and tests.
 struct W4A16Tuning {
   int splits = 0;
+  int late_scale = 0;
 };
 void w4a16_set_tuning(const W4A16Tuning& t);
 // Unpacks W to [N, K] values of its activation type (device), the dequant_gemm path's first step.
@@ -192,7 +194,8 @@ Status hessian_download(Context& ctx, DeviceHessian& h, double* host);
 // parameters still come from the format table's quantizer on the host. The result equals the CPU
 // GPTQ's up to summation order: a code can differ only where a weight sits within rounding of the
 // midpoint between two grid values (tests/cuda/test_cuda_gptq.cpp counts them). Needs
-// options.block_size <= 128. w: host [rows, cols] f32.
+// options.block_size <= 128; planar schemes only (GGUF block formats and options.mse_clip are
+// CPU-only and rejected as unsupported). w: host [rows, cols] f32.
 Expected<GptqResult> gptq_quantize(Context& ctx, const Scheme& scheme, const float* w, int64_t rows, int64_t cols,
                                    DeviceHessian& h, const GptqOptions& options);
 // Same with Σ x xᵀ (row-major, cols * cols) and the token count on the host.

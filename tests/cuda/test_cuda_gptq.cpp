@@ -195,6 +195,15 @@ TEST(CudaGptq, RejectsBadOptionsAndShapes) {
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.status().message().find("non-finite"), std::string::npos) << r.status().to_string();
   w[7] = 0.1f;
+  // CPU-only features are refused, never silently approximated.
+  opt.mse_clip = true;
+  r = cuda::gptq_quantize(context(), scheme, w.data(), rows, cols, s.data(), 10, opt);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.status().message().find("mse_clip"), std::string::npos) << r.status().to_string();
+  opt.mse_clip = false;
+  r = cuda::gptq_quantize(context(), ok(Scheme::parse("q4_k")), w.data(), rows, cols, s.data(), 10, opt);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.status().code(), ErrorCode::unsupported) << r.status().to_string();
   cuda::DeviceHessian h = ok(cuda::hessian_create(128));
   h.tokens = 10;
   r = cuda::gptq_quantize(context(), scheme, w.data(), rows, cols, h, opt);

@@ -223,6 +223,20 @@ TEST(CudaW4A16, IssueShapesBF16) {
   check_w4a16(28672, 8192, "int4-g128-sym", cuda::ActType::bf16, {1, 4, 256});
 }
 
+// Both placements of the group scale in the decode kernel (M <= 16), whichever is the default.
+TEST(CudaW4A16, BothScalePlacementsAtDecodeSizes) {
+  REQUIRE_GPU();
+  for (int late : {1, 2}) {
+    SCOPED_TRACE(late == 2 ? "scale after the mma" : "scale before the mma");
+    cuda::w4a16_set_tuning({0, late});
+    check_w4a16(48, 384, "int4-g128-sym", cuda::ActType::f16, {1, 2, 7, 9, 16});
+    check_w4a16(144, 640, "int4-g128-asym", cuda::ActType::bf16, {1, 5, 16});
+    check_w4a16(4096, 11008, "int4-g128-asym", cuda::ActType::f16, {1, 4, 16});
+    check_w4a16(11008, 4096, "int4-g128-sym", cuda::ActType::bf16, {1, 16});
+  }
+  cuda::w4a16_set_tuning({});
+}
+
 namespace {
 void check_w8a8(int64_t n, int64_t k, const std::vector<int64_t>& ms) {
   SCOPED_TRACE("w8a8 N=" + std::to_string(n) + " K=" + std::to_string(k));

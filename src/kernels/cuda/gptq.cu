@@ -416,6 +416,10 @@ Expected<GptqResult> gptq_quantize(Context& ctx, const Scheme& scheme, const flo
   if (h.cols != cols) return invalid_argument("GPTQ (GPU): Hessian has " + std::to_string(h.cols) + " columns, weight " + std::to_string(cols));
   if (h.tokens <= 0) return invalid_argument("GPTQ needs calibration tokens (got " + std::to_string(h.tokens) + ")");
   if (!(options.damp > 0) || options.block_size <= 0) return invalid_argument("GPTQ: damp must be > 0 and block size positive");
+  if (format_traits(scheme.format).blocks_in_codes)
+    return unsupported("GPTQ (GPU): GGUF block format " + scheme.name() + " is not implemented on the GPU (the CPU GPTQ handles it)");
+  if (options.mse_clip)
+    return unsupported("GPTQ (GPU): mse_clip is not implemented on the GPU (the CPU GPTQ handles it)");
   if (options.block_size > kMaxBlock)
     return unsupported("GPTQ (GPU): block size " + std::to_string(options.block_size) + " above " + std::to_string(kMaxBlock));
   if (rows > (int64_t{1} << 30) || cols > (int64_t{1} << 16))
