@@ -13,6 +13,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libopenblas-dev liblapack-dev
   libsentencepiece-dev
+  libvalijson-dev  # JSON Schema validation of quantization cards in the tests
+  chromium         # the HTML card rendering test (headless)
 )
 missing=()
 for p in "${packages[@]}"; do

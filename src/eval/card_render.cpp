@@ -193,9 +193,14 @@ std::string card_error_chart_svg(const Card& c) {
   std::map<int, size_t> layer_index;
   for (const CardTensor& t : c.tensors)
     if (t.quantized && t.error && t.error->sqnr_db()) layer_index[t.layer] = 0;
-  for (auto& [layer, idx] : layer_index) {
+  for (auto& [layer, idx] : layer_index) {  // blocks in order, then "global" (as in the heatmap)
+    if (layer < 0) continue;
     idx = ch.categories.size();
-    ch.categories.push_back(layer < 0 ? "global" : std::to_string(layer));
+    ch.categories.push_back(std::to_string(layer));
+  }
+  if (layer_index.count(-1)) {
+    layer_index[-1] = ch.categories.size();
+    ch.categories.push_back("global");
   }
   // Series: one per role (quantized tensors with a finite SQNR), aggregated by energy.
   std::map<std::string, std::map<int, WeightError>> by_role;
