@@ -1,5 +1,5 @@
 // qforge CUDA GEMM benchmark: one table of W4A16 / W8A8 / FP8 against cuBLAS on the shapes of
-// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N] [--w4a16-variants]
+// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N] [--w4a16-variants] [--w4a16-gemv]
 //
 // Method (docs/BENCHMARKS.md, "CUDA"): each time is the median of >= 100 launches, each timed
 // with its own pair of CUDA events after 10 warm-up launches; weights and activations rotate
@@ -97,10 +97,11 @@ Rot rotate_empty(size_t bytes, int copies) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, variants = false;
+  bool quick = false, variants = false, gemv_variants = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--w4a16-variants")) variants = true;
+    else if (!std::strcmp(argv[i], "--w4a16-gemv")) gemv_variants = true;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = std::max(100, std::atoi(argv[++i]));
   }
   if (!cuda::available()) {
@@ -145,6 +146,59 @@ int main(int argc, char** argv) {
   }
 
   struct Shape { int64_t n, k; };
+  if (gemv_variants) {
+    // Decode kernels side by side: the mma kernel (fused) and the CUDA-core GEMV with each forced
+    // in-block K split (s0 = automatic); % = (codes + scales + zeros) bytes / time against the
+    // 3.01 TB/s copy ceiling of H100.
+    std::printf("\nW4A16 decode kernels (int4-g128-asym, bf16), us (%% of 3.01 TB/s)\n");
+    for (const Shape sh : {Shape{28672, 8192}, Shape{11008, 4096}, Shape{4096, 11008}, Shape{4096, 4096}}) {
+      const int64_t n = sh.n, k = sh.k;
+      std::vector<float> w = random_normal(static_cast<size_t>(n * k), 11 + static_cast<uint64_t>(n + k), 0.02f);
+      std::vector<uint16_t> wb(w.size());
+      for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);
+      Rot w_bf16 = rotate(wb.data(), wb.size() * 2, copies_for(wb.size() * 2));
+      QuantizedTensor q4 = quantize_rows_parallel(must(Scheme::parse("int4-g128-asym"), "scheme"), w.data(), n, k);
+      cuda::W4A16Host h4 = must(cuda::w4a16_repack(q4, cuda::ActType::bf16), "repack");
+      const size_t w4_bytes = h4.packed.size() + h4.scales.size() + h4.zeros.size();
+      std::vector<cuda::W4A16Weights> w4;
+      for (int i = 0; i < copies_for(w4_bytes); ++i) w4.push_back(must(cuda::w4a16_upload(h4), "w4a16 upload"));
+      for (int64_t m : {1, 2, 4, 8, 16}) {
+        std::vector<float> x = random_normal(static_cast<size_t>(m * k), 5 + static_cast<uint64_t>(m));
+        std::vector<uint16_t> xb(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+        Rot xr = rotate(xb.data(), xb.size() * 2, copies_for(xb.size() * 2));
+        Rot yr = rotate_empty(static_cast<size_t>(m * n) * 2, 4);
+        const float one = 1.f, zero = 0.f;
+        const double t_bf16 = time_us(s, [&](int i) {
+          BENCH_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one,
+                                  w_bf16.at(i), CUDA_R_16BF, static_cast<int>(k), xr.at(i), CUDA_R_16BF, static_cast<int>(k), &zero,
+                                  yr.at(i), CUDA_R_16BF, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        });
+        auto pct = [&](double t) { return 100.0 * static_cast<double>(w4_bytes) / t / 1e6 / 3.01; };
+        auto run = [&](cuda::W4A16Path p) {
+          return time_us(s, [&](int i) {
+            must(cuda::w4a16_gemm(*ctx, w4[static_cast<size_t>(i) % w4.size()], xr.at(i), yr.at(i), m, p), "w4a16");
+          });
+        };
+        const double t_fused = run(cuda::W4A16Path::fused);
+        std::printf("%lldx%lld M=%lld bf16 %.1f | fused %.1f (%.0f%%) |", (long long)n, (long long)k, (long long)m, t_bf16, t_fused,
+                    pct(t_fused));
+        double best = t_fused;
+        if (m <= 8) {
+          for (int splits : {0, 1, 2, 4, 8}) {
+            cuda::w4a16_set_tuning({0, 0, 0, splits});
+            const double t = run(cuda::W4A16Path::gemv);
+            best = std::min(best, t);
+            std::printf(" gemv/s%d %.1f (%.0f%%)", splits, t, pct(t));
+          }
+          cuda::w4a16_set_tuning({});
+        }
+        std::printf(" | best x bf16 %.2f\n", t_bf16 / best);
+        std::fflush(stdout);
+      }
+    }
+    return 0;
+  }
   if (variants) {
     // Fused W4A16 kernel on the decode shapes with each forced split-K count (s0 = automatic);
     // % = (codes + scales + zeros) bytes / time against the 3.01 TB/s copy ceiling of H100.
@@ -195,8 +249,8 @@ int main(int argc, char** argv) {
     shapes = {{4096, 4096}, {28672, 8192}};
     ms = {1, 16, 4096};
   }
-  std::printf("\n%-12s %5s | %9s | %9s %6s %6s %6s | %9s %9s | %9s %6s %9s %9s | %9s %6s\n", "N x K", "M", "bf16 us",
-              "w4a16 us", "TB/s", "TF/s", "x bf16", "fused us", "deq+gemm", "w8a8 us", "x bf16", "w8 fused", "cublas i8",
+  std::printf("\n%-12s %5s | %9s | %9s %6s %6s %6s | %9s %9s %9s | %9s %6s %9s %9s | %9s %6s\n", "N x K", "M", "bf16 us",
+              "w4a16 us", "TB/s", "TF/s", "x bf16", "gemv us", "fused us", "deq+gemm", "w8a8 us", "x bf16", "w8 fused", "cublas i8",
               "fp8 us", "x bf16");
   for (const Shape& sh : shapes) {
     const int64_t n = sh.n, k = sh.k;
@@ -239,6 +293,7 @@ int main(int argc, char** argv) {
         });
       };
       const double t_fused = m <= 1024 ? w4run(cuda::W4A16Path::fused) : NAN;
+      const double t_gemv = m <= 8 ? w4run(cuda::W4A16Path::gemv) : NAN;
       const double t_deq = m >= 16 ? w4run(cuda::W4A16Path::dequant_gemm) : NAN;
       const double t_w4 = w4run(cuda::W4A16Path::automatic);
       auto w8run = [&](cuda::W8A8Path p) {
@@ -278,13 +333,13 @@ int main(int argc, char** argv) {
       const double bytes4 = static_cast<double>(w4_bytes) + x_bytes + y_bytes;
       char shape[32];
       std::snprintf(shape, sizeof shape, "%lldx%lld", (long long)n, (long long)k);
-      std::printf("%-12s %5lld | %9.1f | %9.1f %6.2f %6.1f %6.2f | %9.1f %9.1f | %9.1f %6.2f %9.1f %9.1f | %9.1f %6.2f\n", shape,
-                  (long long)m, t_bf16, t_w4, bytes4 / t_w4 / 1e6, flop / t_w4 / 1e6, t_bf16 / t_w4, t_fused, t_deq, t_w8, t_bf16 / t_w8,
+      std::printf("%-12s %5lld | %9.1f | %9.1f %6.2f %6.1f %6.2f | %9.1f %9.1f %9.1f | %9.1f %6.2f %9.1f %9.1f | %9.1f %6.2f\n", shape,
+                  (long long)m, t_bf16, t_w4, bytes4 / t_w4 / 1e6, flop / t_w4 / 1e6, t_bf16 / t_w4, t_gemv, t_fused, t_deq, t_w8, t_bf16 / t_w8,
                   t_w8f, t_i8, t_fp8, t_bf16 / t_fp8);
       std::fflush(stdout);
     }
   }
-  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = fused for M <= 128, else deq+gemm.\n"
+  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores) for M = 1, fused (mma) for M <= 128, else deq+gemm.\n"
               "w8a8: per-token activation quantization included; automatic path = cuBLAS int8 GEMM + dequant pass, w8 fused = own\n"
               "mma.sync kernel with the dequantization in its epilogue; cublas i8: the int8 GEMM to int32 alone (torch._int_mm's kernel).\n"
               "fp8: per-channel E4M3 weights, per-token E4M3 activations (quantization included), cuBLASLt FP8 GEMM + scaling pass.\n");

@@ -16,7 +16,8 @@ cp bench/cuda/device_build.sh bench/cuda/run_device.sh bench/cuda/torch_peers.py
 cp "$build/libqforge.a" "$tmp/obj/"
 for o in tests/cuda/CMakeFiles/test_cuda_kernels.dir/test_cuda_kernels.cpp.o bench/cuda/CMakeFiles/bench_cuda.dir/bench_cuda.cpp.o \
          tests/cuda/CMakeFiles/test_cuda_gptq.dir/test_cuda_gptq.cpp.o bench/cuda/CMakeFiles/bench_gptq.dir/bench_gptq.cpp.o; do
-  cp "$build/$o" "$tmp/obj/"
+  # The GPTQ objects are optional (device_build.sh links those binaries only when present).
+  if [ -f "$build/$o" ]; then cp "$build/$o" "$tmp/obj/"; else case $o in *gptq*) ;; *) echo "missing $build/$o" >&2; exit 1 ;; esac; fi
 done
 libdir=/usr/lib/x86_64-linux-gnu
 cp "$libdir/libgtest.a" "$libdir/libgtest_main.a" "$tmp/lib/"

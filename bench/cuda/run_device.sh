@@ -28,7 +28,7 @@ if [ $run_test = 1 ]; then
     grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED|Failure|error|gptq-equality|Expected|Which is|actual' "$out/test_gptq.log" | head -40
   fi
   timeout 120 compute-sanitizer --tool memcheck --leak-check no "$d/test_cuda_kernels" \
-    --gtest_filter='CudaW4A16.Small*:CudaW8A8.Small*:CudaDequant.*' >"$out/memcheck.log" 2>&1
+    --gtest_filter='CudaW4A16.Small*:CudaW4A16.Gemv*:CudaW8A8.Small*:CudaDequant.*' >"$out/memcheck.log" 2>&1
   echo "memcheck rc=$?"; tail -3 "$out/memcheck.log"
   if [ $run_gptq = 1 ]; then
     OMP_WAIT_POLICY=passive timeout 200 compute-sanitizer --tool memcheck --leak-check no "$d/test_cuda_gptq" \

@@ -98,18 +98,24 @@ struct W4A16Weights {
 Expected<W4A16Weights> w4a16_upload(const W4A16Host& host);
 
 // Which kernel w4a16_gemm runs.
-enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2 };
+enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2, gemv = 3 };
 // Y[M, N] = X[M, K] * dequant(W)^T, X and Y of the weights' activation type on the device.
 // fused: one kernel streams the packed weights and multiplies with mma.sync (tile shape and
-// split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS.
+// split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS; gemv
+// (decode, M <= 8): a CUDA-core kernel streaming the same packed weights. automatic: gemv for
+// small M, fused up to 128 tokens, dequant_gemm above.
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m,
                   W4A16Path path = W4A16Path::automatic);
 // Benchmark knobs of the fused kernel: a forced split-K count (0 = automatic) and, for M <= 16,
 // where the group scale is applied (0 = automatic: after the mma for M <= 8, before it for
 // 9..16; 1 = to the weights before the mma; 2 = to each tile's f32 mma result). Process-wide, not thread-safe: for bench_cuda --w4a16-variants and tests.
+// gemv_max_m: largest M the automatic path sends to the gemv kernel (0 = built-in threshold,
+// -1 = never); gemv_splits: forced in-block K split of the gemv kernel (0 = automatic).
 struct W4A16Tuning {
   int splits = 0;
   int late_scale = 0;
+  int gemv_max_m = 0;
+  int gemv_splits = 0;
 };
 void w4a16_set_tuning(const W4A16Tuning& t);
 // Unpacks W to [N, K] values of its activation type (device), the dequant_gemm path's first step.

@@ -20,6 +20,7 @@
 #include "cuda_common.h"
 #include "mma.cuh"
 #include "qforge/dtype.h"
+#include "w4a16_internal.h"
 
 namespace qforge::cuda {
 namespace {
@@ -31,6 +32,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kU = 4;            // k-tiles (of 64 columns) per pipeline step
 
 W4A16Tuning g_tuning;
+// Automatic path: the CUDA-core GEMV up to this M. Measured crossover on H100 (docs/BENCHMARKS.md):
+// the GEMV wins at M = 1 on all four issue shapes; at M = 2 it is compute-bound and ties or loses.
+constexpr int64_t kGemvAutoMaxM = 1;
 
 // LS (late scale, decode path): the A fragments hold the exact integers q - z and each tile's
 // mma result is scaled in f32 (one FFMA per output instead of one HMUL2 per weight pair).
@@ -560,7 +564,11 @@ Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, i
     return invalid_argument("w4a16_gemm: activations and outputs must be 16-byte aligned");
   Context::Impl& c = ctx.impl();
   // Above 128 tokens the GEMM is compute-bound: one unpack plus cuBLAS beats re-streaming int4.
-  if (path == W4A16Path::automatic) path = m <= 128 ? W4A16Path::fused : W4A16Path::dequant_gemm;
+  if (path == W4A16Path::automatic) {
+    const int64_t gemv_max = g_tuning.gemv_max_m == 0 ? kGemvAutoMaxM : std::min<int64_t>(g_tuning.gemv_max_m, kW4A16GemvMaxM);
+    path = m <= gemv_max ? W4A16Path::gemv : m <= 128 ? W4A16Path::fused : W4A16Path::dequant_gemm;
+  }
+  if (path == W4A16Path::gemv) return w4a16_gemv(c, w, x, y, m, g_tuning.gemv_splits);
   if (path == W4A16Path::fused)
     return w.act == ActType::bf16 ? dispatch_fused<__nv_bfloat16>(c, w, x, y, m) : dispatch_fused<__half>(c, w, x, y, m);
   QFORGE_RETURN_IF_ERROR(c.ensure_scratch(static_cast<size_t>(w.n * w.k) * 2));
