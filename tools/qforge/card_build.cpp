@@ -106,12 +106,6 @@ void resolve_role(CardTensor& t, std::optional<Architecture> arch) {
   t.layer = r->layer;
 }
 
-std::string shape_str(const Shape& s) {
-  std::string o;
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? "x" : "") + std::to_string(s[i]);
-  return o;
-}
-
 // Output summary from the tensors, once they are filled.
 Status finish_output(Card& card, const std::string& output, const std::string& format) {
   card.output.path = output;
@@ -231,17 +225,106 @@ void kept_reason(CardTensor& t, const Selection& sel, const std::vector<std::str
                         : "role " + t.role + " is not quantized by default (embeddings and the output head keep their dtype)";
 }
 
-// One tensor of a safetensors-based output, for the error pass.
+// One tensor of a safetensors-based output, for the error pass. Quantized tensors of a packed
+// file are loaded from it one at a time while measuring (`packed`), not all up front: the card
+// must not raise the quantize command's peak memory.
 struct OutputEntry {
   CardTensor card;
-  const QuantizedTensor* q = nullptr;  // quantized (else plain)
-  QuantizedTensor q_owned;
+  const QuantizedTensor* q = nullptr;  // quantized and already in memory (else packed or plain)
+  const PackedFile* packed = nullptr;  // quantized: load card.name from this file
   bool transposed = false;
   Tensor plain;                // plain output tensor
   bool measure = true;         // false: error filled already
 };
 
-// Measures every entry's error against the source checkpoint (parallel over tensors).
+// Rows [r0, r1) of a quantized tensor whose planes are row-major (per-row or per-group scales,
+// or one per-tensor scale); nullopt when the layout does not split by rows (format extras).
+std::optional<QuantizedTensor> slice_quantized_rows(const QuantizedTensor& q, int64_t r0, int64_t r1) {
+  if (!q.extra.empty() || r0 < 0 || r1 > q.rows || r0 >= r1) return std::nullopt;
+  const PlaneSizes all = scheme_plane_sizes(q.scheme, q.rows, q.cols);
+  const PlaneSizes one = scheme_plane_sizes(q.scheme, 1, q.cols);
+  const PlaneSizes part = scheme_plane_sizes(q.scheme, r1 - r0, q.cols);
+  if (q.codes.size() != all.codes || q.scales.size() != all.scales || q.zeros.size() != all.zeros) return std::nullopt;
+  QuantizedTensor out;
+  out.scheme = q.scheme;
+  out.rows = r1 - r0;
+  out.cols = q.cols;
+  auto slice = [&](const std::vector<uint8_t>& plane, size_t total, size_t per_row, size_t want,
+                   std::vector<uint8_t>& dst) {
+    if (total == 0) return want == 0;
+    if (total == per_row * static_cast<size_t>(q.rows) && want == per_row * static_cast<size_t>(r1 - r0)) {
+      dst.assign(plane.begin() + static_cast<std::ptrdiff_t>(per_row * static_cast<size_t>(r0)),
+                 plane.begin() + static_cast<std::ptrdiff_t>(per_row * static_cast<size_t>(r1)));
+      return true;
+    }
+    if (total == per_row && want == total) {  // one value for the whole tensor
+      dst = plane;
+      return true;
+    }
+    return false;
+  };
+  if (!slice(q.codes, all.codes, one.codes, part.codes, out.codes) ||
+      !slice(q.scales, all.scales, one.scales, part.scales, out.scales) ||
+      !slice(q.zeros, all.zeros, one.zeros, part.zeros, out.zeros))
+    return std::nullopt;
+  return out;
+}
+
+// Rows per measuring step: about 1M elements, so a tensor's f32 copies stay a few MB.
+int64_t chunk_rows(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, cols)); }
+
+// Error of a quantized output tensor against the source, in row chunks where the layout allows.
+Expected<WeightError> measure_quantized(const OutputEntry& e, const QuantizedTensor& q, const SafetensorsCheckpoint& ckpt) {
+  QFORGE_ASSIGN_OR_RETURN(Tensor st, ckpt.tensor(e.card.name));
+  const bool chunked = !e.transposed && st.ndim() == 2 && st.dim(0) == q.rows && st.dim(1) == q.cols &&
+                       slice_quantized_rows(q, 0, 1).has_value();
+  if (!chunked) {
+    SelectedTensor sel{e.card.name, e.transposed};
+    QFORGE_ASSIGN_OR_RETURN(WeightMatrix src, load_weight_matrix(ckpt, sel));
+    if (src.rows != q.rows || src.cols != q.cols)
+      return Status::error(ErrorCode::internal, e.card.name + ": output shape differs from the source");
+    std::vector<float> deq(static_cast<size_t>(q.rows * q.cols));
+    QFORGE_RETURN_IF_ERROR(dequantize(q, deq.data()));
+    return measure_weight_error(src.data(), deq.data(), q.rows * q.cols);
+  }
+  WeightError total;
+  const int64_t step = chunk_rows(q.cols);
+  std::vector<float> deq;
+  for (int64_t r0 = 0; r0 < q.rows; r0 += step) {
+    const int64_t r1 = std::min(q.rows, r0 + step);
+    const std::optional<QuantizedTensor> part = slice_quantized_rows(q, r0, r1);
+    if (!part) return Status::error(ErrorCode::internal, e.card.name + ": rows do not slice");
+    deq.resize(static_cast<size_t>((r1 - r0) * q.cols));
+    QFORGE_RETURN_IF_ERROR(dequantize(*part, deq.data()));
+    QFORGE_ASSIGN_OR_RETURN(Tensor src, st.slice_rows(r0, r1).to_f32());
+    total.add(measure_weight_error(src.data_as<float>(), deq.data(), (r1 - r0) * q.cols));
+  }
+  return total;
+}
+
+// Error of a plain output tensor against the source (row chunks for 2-D tensors).
+Expected<WeightError> measure_plain(const OutputEntry& e, const SafetensorsCheckpoint& ckpt) {
+  QFORGE_ASSIGN_OR_RETURN(Tensor st, ckpt.tensor(e.card.name));
+  if (st.numel() != e.plain.numel())
+    return Status::error(ErrorCode::internal, e.card.name + ": output size differs from the source");
+  if (st.ndim() != 2 || e.plain.ndim() != 2 || st.dim(0) != e.plain.dim(0)) {
+    QFORGE_ASSIGN_OR_RETURN(Tensor sf, st.to_f32());
+    QFORGE_ASSIGN_OR_RETURN(Tensor of, e.plain.to_f32());
+    return measure_weight_error(sf.data_as<float>(), of.data_as<float>(), sf.numel());
+  }
+  WeightError total;
+  const int64_t rows = st.dim(0), step = chunk_rows(st.dim(1));
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    const int64_t r1 = std::min(rows, r0 + step);
+    QFORGE_ASSIGN_OR_RETURN(Tensor sf, st.slice_rows(r0, r1).to_f32());
+    QFORGE_ASSIGN_OR_RETURN(Tensor of, e.plain.slice_rows(r0, r1).to_f32());
+    total.add(measure_weight_error(sf.data_as<float>(), of.data_as<float>(), sf.numel()));
+  }
+  return total;
+}
+
+// Measures every entry's error against the source checkpoint (parallel over tensors; each one in
+// row chunks, so memory stays bounded by a few MB per thread plus one quantized tensor).
 Status measure_entries(std::vector<OutputEntry>& entries, const SafetensorsCheckpoint& ckpt) {
   const int64_t n = static_cast<int64_t>(entries.size());
   std::vector<Status> status(entries.size());
@@ -251,21 +334,13 @@ Status measure_entries(std::vector<OutputEntry>& entries, const SafetensorsCheck
     if (!e.measure) continue;
     auto run = [&]() -> Status {
       QFORGE_RETURN_IF_ERROR(check_interrupted("card"));
-      if (e.q != nullptr) {
-        SelectedTensor sel{e.card.name, e.transposed};
-        QFORGE_ASSIGN_OR_RETURN(WeightMatrix src, load_weight_matrix(ckpt, sel));
-        if (src.rows != e.q->rows || src.cols != e.q->cols)
-          return Status::error(ErrorCode::internal, e.card.name + ": output shape differs from the source");
-        std::vector<float> deq(static_cast<size_t>(e.q->rows * e.q->cols));
-        QFORGE_RETURN_IF_ERROR(dequantize(*e.q, deq.data()));
-        e.card.error = measure_weight_error(src.data(), deq.data(), e.q->rows * e.q->cols);
+      if (e.packed != nullptr) {
+        QFORGE_ASSIGN_OR_RETURN(QuantizedTensor q, e.packed->load_quantized(e.card.name));
+        QFORGE_ASSIGN_OR_RETURN(e.card.error, measure_quantized(e, q, ckpt));
+      } else if (e.q != nullptr) {
+        QFORGE_ASSIGN_OR_RETURN(e.card.error, measure_quantized(e, *e.q, ckpt));
       } else {
-        QFORGE_ASSIGN_OR_RETURN(Tensor st, ckpt.tensor(e.card.name));
-        QFORGE_ASSIGN_OR_RETURN(Tensor sf, st.to_f32());
-        QFORGE_ASSIGN_OR_RETURN(Tensor of, e.plain.to_f32());
-        if (sf.numel() != of.numel())
-          return Status::error(ErrorCode::internal, e.card.name + ": output size differs from the source");
-        e.card.error = measure_weight_error(sf.data_as<float>(), of.data_as<float>(), sf.numel());
+        QFORGE_ASSIGN_OR_RETURN(e.card.error, measure_plain(e, ckpt));
       }
       return Status::ok();
     };
@@ -338,7 +413,7 @@ Status write_packed_quantize_card(const QuantizeRequest& req, const QuantizeSumm
     OutputEntry e;
     e.card = source_tensor(ckpt, name, arch);
     if (const PackedTensorInfo* info = pf.find_quantized(name)) {
-      QFORGE_ASSIGN_OR_RETURN(e.q_owned, pf.load_quantized(name));
+      e.packed = &pf;
       e.transposed = info->transposed;
       e.card.quantized = true;
       e.card.type = info->scheme.name();
@@ -355,8 +430,6 @@ Status write_packed_quantize_card(const QuantizeRequest& req, const QuantizeSumm
     }
     entries.push_back(std::move(e));
   }
-  for (auto& e : entries)
-    if (e.card.quantized) e.q = &e.q_owned;
   QFORGE_RETURN_IF_ERROR(measure_entries(entries, ckpt));
   for (auto& e : entries) card.tensors.push_back(std::move(e.card));
   for (const auto& k : summary.kept_incompatible) card.notes.push_back("kept unquantized: " + k);
@@ -415,7 +488,7 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& req, cons
     bool quantized = false;
     if (pf) {
       if (const PackedTensorInfo* info = pf->find_quantized(name)) {
-        QFORGE_ASSIGN_OR_RETURN(e.q_owned, pf->load_quantized(name));
+        e.packed = &*pf;
         e.transposed = info->transposed;
         e.card.bytes = info->nbytes;
         quantized = true;
@@ -423,7 +496,7 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& req, cons
         QFORGE_ASSIGN_OR_RETURN(e.plain, pf->plain(name));
       }
     } else if (auto it = hf->quantized.find(name); it != hf->quantized.end()) {
-      e.q_owned = it->second;
+      e.q = &it->second;  // hf holds the output's tensors while the card is built
       // Bytes as stored in the HF layout (qweight, qzeros, scales, g_idx).
       const std::string prefix = name.size() > 7 ? name.substr(0, name.size() - 7) : name;  // drop ".weight"
       for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"})
@@ -453,8 +526,6 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& req, cons
     }
     entries.push_back(std::move(e));
   }
-  for (auto& e : entries)
-    if (e.card.quantized) e.q = &e.q_owned;
   QFORGE_RETURN_IF_ERROR(measure_entries(entries, ckpt));
   for (auto& e : entries) {
     // A norm the method divided by its scales differs from the source by the exact fold.
