@@ -82,7 +82,8 @@ std::string file_base_name(const std::string& path) {
 bool kept(const CardTensor& t) { return !t.quantized; }
 
 std::string method_title(const Card& c) {
-  if (c.method.gguf) return "GGUF " + c.method.gguf->preset;
+  if (c.method.gguf)
+    return (c.method.name != "gguf-preset" ? c.method.name + " into " : std::string()) + "GGUF " + c.method.gguf->preset;
   std::string s = c.method.name;
   if (c.scheme) s += " " + c.scheme->name;
   if (c.method.activations) s += " + activations " + c.method.activations->scheme;
