@@ -74,7 +74,8 @@ std::string rel_text(const std::optional<WeightError>& e) {
   return sci(e->rel_l2());
 }
 
-std::string file_base_name(const std::string& path) {
+std::string file_base_name(const std::string& output_path) {
+  const std::string path = card_base_path(output_path);  // "dir/" names the directory
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
