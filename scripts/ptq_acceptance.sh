@@ -28,7 +28,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$OUT"
 CAL="--calib-windows $CALIB_WINDOWS --calib-ctx 512 --seed 0"
 
-ALL_ROWS="rtn4 rtn3 gptq4 gptq3 gptqao4 gptqao3 awq4 awq3 awqg4 awqg3 best4 best3
+ALL_ROWS="rtn4 rtn3 gptq4 gptq3 gptqao4 gptqao3 awq4 awq3 awqg4 awqg3 best4 best3 gptqaoclip4 gptqaoclip3
 w8a8dyn w8a8static sqstatic
 g18-Q4_0 g18-Q4_0-im g18-Q4_0-gptq g18-Q4_K_M g18-Q4_K_M-im g18-Q4_K_M-gptq g18-Q3_K_M g18-Q3_K_M-im g18-Q3_K_M-gptq"
 
@@ -48,6 +48,8 @@ row_spec() {
     awqg3) echo "$M|AWQ + GPTQ|int3-g128-asym|quantize $M --method awq+gptq --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     best4) echo "$M|AWQ + GPTQ + act-order + MSE clip|int4-g128-asym|quantize $M --method awq+gptq --act-order --gptq-clip --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     best3) echo "$M|AWQ + GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method awq+gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaoclip4) echo "$M|GPTQ + act-order + MSE clip|int4-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaoclip3) echo "$M|GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8dyn) echo "$M|W8A8, int8 per-token dynamic|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-token-dyn --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8static) echo "$M|W8A8, int8 per-tensor static (minmax)|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
     sqstatic) echo "$M|SmoothQuant α=0.5 + W8A8 static|int8-ch-sym|quantize $M --method smoothquant --alpha 0.5 --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;

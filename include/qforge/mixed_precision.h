@@ -147,6 +147,9 @@ struct PlanSearchOptions {
   double bound = 0;
   int max_iterations = 6;       // quantize + measure rounds
   double size_tolerance = 0.01; // stop when the bracket [infeasible, feasible] is this narrow (relative)
+  // Proposals aim this fraction below the bound, so a plan predicted right at it (and measured a
+  // hair above, within the measurement's noise) does not make the search creep up by tiny steps.
+  double margin = 0.03;
   KnapsackOptions knapsack;
   std::function<void(const std::string&)> log;  // one line per iteration
 };

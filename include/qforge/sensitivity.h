@@ -26,6 +26,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,9 @@ struct SensitivityOptions {
   SensitivityGranularity granularity = SensitivityGranularity::tensor;
   int64_t windows = 8;        // first N windows of the text (0: all)
   bool measure_kld = true;    // false: SQNR and proxy only (one reference pass, no re-runs)
+  // Only units whose name matches (ECMAScript, searched): exploration and tests. A report that
+  // leaves tensors out cannot be planned with.
+  std::optional<std::regex> filter;
   // Called after each (unit, type) measurement with the count done and the total.
   std::function<void(int64_t done, int64_t total)> on_progress;
   std::function<Status()> should_stop;  // checked between measurements (e.g. check_interrupted)

@@ -287,7 +287,8 @@ Expected<GgufQuantizeOptions> PlanProblem::options_for(const MixedPrecisionPlan&
   GgufQuantizeOptions o;
   QFORGE_ASSIGN_OR_RETURN(o.preset, find_gguf_preset(plan.preset));
   for (const PlanTensor& t : plan.tensors) {
-    QFORGE_ASSIGN_OR_RETURN(GgufTypeOverride ov, parse_gguf_type_override("^" + regex_escape(t.name) + "$=" + ggml_type_name(t.type), "plan"));
+    QFORGE_ASSIGN_OR_RETURN(GgufTypeOverride ov, parse_gguf_type_override("^" + regex_escape(t.name) + "$=" + ggml_type_name(t.type),
+                                                                         "plan: " + t.unit));
     o.overrides.push_back(std::move(ov));
   }
   return o;
@@ -452,7 +453,7 @@ Expected<PlanSearchResult> search_plan_for_bound(const PlanProblem& problem, con
     if (lo > hi) break;
     // Smallest budget in [lo, hi] whose scaled prediction meets the bound (predictions fall as the
     // budget grows).
-    const double target = o.bound / scale;
+    const double target = o.bound * (1.0 - o.margin) / scale;
     uint64_t a = lo, b = hi;
     QFORGE_ASSIGN_OR_RETURN(double p_hi, predicted_at(hi));
     if (p_hi > target) {
@@ -467,10 +468,13 @@ Expected<PlanSearchResult> search_plan_for_bound(const PlanProblem& problem, con
       }
     }
     uint64_t budget = a;
-    // Safeguard: with both ends known, stay in the middle half of the bracket so it shrinks.
+    // Safeguards: with both ends known, stay in the middle half of the bracket so it shrinks; with
+    // only failures, step at least 1/16 of the way to the largest plan.
     if (pass_b > 0 && fail_b >= min_b) {
       const uint64_t span = pass_b - fail_b;
       budget = std::clamp(budget, fail_b + span / 4, pass_b - span / 4);
+    } else if (fail_b >= min_b) {
+      budget = std::clamp(budget, std::min(max_b, fail_b + std::max<uint64_t>(1, (max_b - fail_b) / 16)), max_b);
     }
     PlanBudget pb{PlanBudgetKind::file_bytes, 0, budget};
     QFORGE_ASSIGN_OR_RETURN(MixedPrecisionPlan plan, problem.solve(pb, o.knapsack));

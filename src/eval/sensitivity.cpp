@@ -189,6 +189,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
       std::string name = t.name;
       if (o.granularity == SensitivityGranularity::group && t.layer >= 0 && !t.embedding && !t.output_head)
         name = "blk." + std::to_string(t.layer) + (is_attention(t.role) ? ".attn" : ".ffn");
+      if (o.filter && !std::regex_search(name, *o.filter)) continue;
       auto it = group_index.find(name);
       if (it == group_index.end()) {
         group_index[name] = report.units.size();
@@ -206,6 +207,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
       unit_members[it->second].push_back(i);
     }
   }
+  if (report.units.empty()) return invalid_argument("sensitivity: the filter matches no tensor or group");
 
   // ---- reference pass: layer inputs, logits, importance sums -------------------------------
   const auto t_ref = std::chrono::steady_clock::now();
@@ -331,6 +333,19 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
         if (o.on_progress) o.on_progress(++done, total);
         continue;
       }
+      // The f32 weights back in every member's linear (the model is left as it was given).
+      auto restore = [&]() -> Status {
+        for (size_t k = 0; k < members.size(); ++k) {
+          const UnitTensor& t = tensors[members[k]];
+          if (t.embedding && !t.output_head) continue;
+          Expected<std::unique_ptr<DenseLinear>> lin =
+              t.embedding ? DenseLinear::create(model.token_embedding(), bias[k])
+                          : DenseLinear::create(Tensor::from_f32({t.rows, t.cols}, original[k]), bias[k]);
+          QFORGE_RETURN_IF_ERROR(lin.status());
+          QFORGE_RETURN_IF_ERROR(model.replace_linear(t.site, std::move(*lin)));
+        }
+        return Status::ok();
+      };
       // Quantize -> dequantize every member; install them.
       double signal = 0, noise = 0;
       std::vector<float> embedding_table;  // the unit's dequantized token_embd, when it has one
@@ -338,7 +353,10 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
       for (size_t k = 0; k < members.size(); ++k) {
         const UnitTensor& t = tensors[members[k]];
         Expected<std::vector<float>> qd = gguf_quantize_dequantize(type, original[k].data(), t.rows, t.cols);
-        if (!qd) return qd.status().with_context(t.name);
+        if (!qd) {
+          if (o.measure_kld) (void)restore();
+          return qd.status().with_context(t.name);
+        }
         const std::vector<float>& q = *qd;
         const std::vector<double> imp = column_importance(t);
         for (int64_t r = 0; r < t.rows; ++r) {
@@ -361,8 +379,12 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
             first_layer = std::min(first_layer, t.layer >= 0 && !t.output_head ? t.layer : static_cast<int>(L));
           }
           if (!t.embedding || t.output_head) {
-            QFORGE_ASSIGN_OR_RETURN(auto lin, DenseLinear::create(Tensor::from_f32({t.rows, t.cols}, q), bias[k]));
-            QFORGE_RETURN_IF_ERROR(model.replace_linear(t.site, std::move(lin)));
+            auto lin = DenseLinear::create(Tensor::from_f32({t.rows, t.cols}, q), bias[k]);
+            Status installed = lin ? model.replace_linear(t.site, std::move(*lin)) : lin.status();
+            if (!installed) {
+              (void)restore();
+              return installed;
+            }
           }
         }
       }
@@ -391,16 +413,7 @@ Expected<SensitivityReport> measure_sensitivity(Model& model, const GgufModelInp
             agree[static_cast<size_t>(w * S + p)] = kr.sm.argmax == sm.argmax ? 1 : 0;
           }
         }
-        // Restore the f32 weights before anything can return.
-        for (size_t k = 0; k < members.size(); ++k) {
-          const UnitTensor& t = tensors[members[k]];
-          if (t.embedding && !t.output_head) continue;
-          Expected<std::unique_ptr<DenseLinear>> lin =
-              t.embedding ? DenseLinear::create(model.token_embedding(), bias[k])
-                          : DenseLinear::create(Tensor::from_f32({t.rows, t.cols}, original[k]), bias[k]);
-          QFORGE_RETURN_IF_ERROR(lin.status());
-          QFORGE_RETURN_IF_ERROR(model.replace_linear(t.site, std::move(*lin)));
-        }
+        QFORGE_RETURN_IF_ERROR(restore());  // before anything can return
         QFORGE_RETURN_IF_ERROR(run.with_context("sensitivity of " + unit.name + " as " + info.name));
         std::vector<double> values(kl);
         const SampleStats st = sample_stats(values);

@@ -324,6 +324,18 @@ TEST(PtqCli, RejectsBadCombinations) {
   EXPECT_NE(run_command(base + " --calib " + quote(f.calib) + " --method rtn --damp 0.1 2>&1", &log), 0);
   EXPECT_NE(log.find("--method gptq"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(f.dir + "/x.safetensors"));
+  // GGUF output: calibrated methods need --calib; SmoothQuant / activation quantization have no
+  // GGUF form.
+  const std::string gguf = quote(cli_path()) + " quantize " + quote(f.model) +
+                           " --format gguf --type Q4_0 --no-vocab --allow-fallback --out " + quote(f.dir + "/x.gguf");
+  EXPECT_NE(run_command(gguf + " --method gptq 2>&1", &log), 0);
+  EXPECT_NE(log.find("need --calib"), std::string::npos) << log;
+  EXPECT_NE(run_command(gguf + " --method smoothquant --calib " + quote(f.calib) + " --tokenizer " + quote(f.tokenizer) +
+                            " --calib-windows 2 --calib-ctx 16 2>&1",
+                        &log),
+            0);
+  EXPECT_NE(log.find("GGUF has no activation quantization"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(f.dir + "/x.gguf"));
 }
 
 }  // namespace

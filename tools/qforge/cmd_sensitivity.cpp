@@ -44,6 +44,7 @@ struct SensitivityCommandOptions {
   int64_t ctx = 512;
   int64_t windows = 8;
   bool proxy_only = false;
+  std::string filter;
   std::string json, svg;
   int threads = 0;
 };
@@ -118,6 +119,9 @@ int run_sensitivity(const SensitivityCommandOptions& o) {
   so.granularity = *granularity;
   so.windows = n_windows;
   so.measure_kld = !o.proxy_only;
+  auto filter = compile_regex(o.filter, "--filter");
+  if (!filter) return report_error(filter.status());
+  so.filter = *filter;
   std::unique_ptr<Progress> bar;
   so.on_progress = [&](int64_t done, int64_t total) {
     if (!bar) bar = std::make_unique<Progress>("sensitivity", total, "measurements", progress_options());
@@ -157,6 +161,7 @@ void add_sensitivity_command(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--ctx", o->ctx, "Window length in tokens")->capture_default_str();
   cmd->add_option("--windows", o->windows, "Evaluate the first N windows (0: all)")->capture_default_str();
+  cmd->add_option("--filter", o->filter, "Only units whose name matches this regex (the report then cannot be planned with)");
   cmd->add_flag("--proxy-only", o->proxy_only, "Only SQNR and the imatrix-weighted error proxy (no KLD re-runs)");
   cmd->add_option("--json", o->json, "Write the report as JSON (input of qforge plan --sensitivity)");
   cmd->add_option("--svg", o->svg, "Write a heatmap of the KLD per unit and type as SVG");

@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <sstream>
 
+#include "card_build.h"
 #include "cli_common.h"
 #include "cli_model.h"
 #include "commands.h"
 #include "mixed_precision_cli.h"
 #include "qforge/atomic_file.h"
+#include "qforge/card.h"
 #include "qforge/mixed_precision.h"
 
 namespace qforge::cli {
@@ -27,6 +29,7 @@ struct SweepCommandOptions {
   int64_t windows = 32;
   std::string json, md, svg;
   std::string work_dir;
+  std::string out_dir;  // keep the variants' GGUF files there, each with its card
   bool no_vocab = false;
   int threads = 0;
 };
@@ -66,6 +69,8 @@ int run_sweep(const SweepCommandOptions& o) {
     if (!path.empty())
       if (Status s = check_output_path(path, option); !s) return report_error(s);
   if (o.windows < 0) return report_error(invalid_argument("--windows must be >= 0"));
+  if (!o.out_dir.empty() && !std::filesystem::is_directory(o.out_dir))
+    return report_error(invalid_argument("--out-dir " + o.out_dir + ": not a directory"));
   // Every variant is checked before any work: unknown presets, unreadable plans.
   struct Variant {
     std::string name;
@@ -132,8 +137,9 @@ int run_sweep(const SweepCommandOptions& o) {
   for (size_t i = 0; i < variants.size(); ++i) {
     if (Status s = check_interrupted("sweep"); !s) return report_error(s);
     const Variant& v = variants[i];
-    auto r = evaluate_gguf_variant(*input, v.options, (*scratch)->file("variant-" + std::to_string(i) + ".gguf"), *w,
-                                   n_windows, *ref, v.name);
+    const std::string path = o.out_dir.empty() ? (*scratch)->file("variant-" + std::to_string(i) + ".gguf")
+                                               : (std::filesystem::path(o.out_dir) / (v.name + ".gguf")).string();
+    auto r = evaluate_gguf_variant(*input, v.options, path, *w, n_windows, *ref, v.name, !o.out_dir.empty());
     if (!r) return report_error(r.status());
     const KldStats& k = *r->report.kld;
     std::printf("%-12s %.4f bits/weight, %s: ppl %.4f, KLD %.6f, top-1 %.2f%%\n", v.name.c_str(), r->bits_per_weight,
@@ -143,6 +149,62 @@ int run_sweep(const SweepCommandOptions& o) {
   }
   mark_pareto(entries);
   const double ref_ppl = entries.front().result.report.kld->reference.ppl;
+  if (!o.out_dir.empty()) {
+    // Each kept variant gets its quantization card, with this sweep's measurement and every
+    // variant as the card's sweep points (itself highlighted).
+    auto text_file = describe_files({o.text});
+    if (!text_file) return report_error(text_file.status());
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const std::string path = (std::filesystem::path(o.out_dir) / (entries[i].name + ".gguf")).string();
+      GgufQuantizeRequest req;
+      req.input = o.model.path;
+      req.output = path;
+      req.type = variants[i].options.preset->name;
+      req.input_options = in_opts;
+      auto plan = plan_gguf_quantization(*input, variants[i].options);
+      if (!plan) return report_error(plan.status());
+      if (Status s = write_gguf_quantize_card(req, *input, *plan, variants[i].options, CardRequest{}); !s)
+        return report_error(s.with_context("card of " + entries[i].name));
+      const std::string base = card_base_path(path);
+      auto json_text = read_file(base + ".card.json");
+      if (!json_text) return report_error(json_text.status());
+      auto card = card_from_json(*json_text, base + ".card.json");
+      if (!card) return report_error(card.status());
+      const EvalReport& r = entries[i].result.report;
+      CardEvaluation& e = card->evaluation;
+      e.measured = true;
+      e.reason.clear();
+      e.text = text_file->front();
+      e.protocol = r.protocol;
+      e.ctx = r.ctx;
+      e.windows = r.windows;
+      e.windows_total = r.windows_total;
+      e.tokens_scored = r.ppl.tokens_scored;
+      e.ppl = r.ppl.ppl;
+      e.ppl_source = r.kld->reference.ppl;
+      e.ln_ppl_ratio = r.kld->ln_ppl_ratio;
+      e.kld_mean = r.kld->kld.mean;
+      e.kld_median = r.kld->kld.median;
+      e.kld_p90 = r.kld->kld.p90;
+      e.kld_p99 = r.kld->kld.p99;
+      e.kld_max = r.kld->kld.max;
+      e.top1_agreement = r.kld->top1_agreement;
+      e.delta_p_rms = r.kld->delta_p_rms;
+      nlohmann::ordered_json points = nlohmann::ordered_json::array();
+      for (size_t j = 0; j < entries.size(); ++j)
+        points.push_back({{"label", entries[j].name},
+                          {"bits_per_weight", entries[j].result.bits_per_weight},
+                          {"kld_mean", entries[j].result.report.kld->kld.mean},
+                          {"file_bytes", entries[j].result.file_bytes},
+                          {"pareto", entries[j].pareto},
+                          {"this", j == i}});
+      nlohmann::ordered_json sweep;
+      sweep["command"] = command_line();
+      sweep["points"] = points;
+      card->sweep_json = sweep.dump();
+      if (Status s = write_card_files(*card, base); !s) return report_error(s);
+    }
+  }
 
   Table t;
   for (const char* h : {"variant", "bits/w", "size", "ppl", "dppl", "KLD", "+/-", "top-1 %", "Pareto"})
@@ -240,6 +302,9 @@ void add_sweep_command(CLI::App& app, int* exit_code) {
   cmd->add_option("--md", o->md, "Write the results as a markdown table");
   cmd->add_option("--svg", o->svg, "Write a chart of bits/weight vs KLD with the Pareto front as SVG");
   cmd->add_option("--work-dir", o->work_dir, "Scratch directory for the reference cache and the variants (default: temp)");
+  cmd->add_option("--out-dir", o->out_dir,
+                  "Keep every variant's GGUF file in this directory, each with its quantization card (this sweep's "
+                  "measurement and points)");
   cmd->add_flag("--no-vocab", o->no_vocab, "Quantize without a vocabulary (HF input without tokenizer.model)");
   cmd->add_option("-j,--threads", o->threads, "Threads for BLAS and OpenMP (default: all)");
   add_model_options(cmd, &o->model);
