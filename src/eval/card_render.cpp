@@ -74,7 +74,8 @@ std::string rel_text(const std::optional<WeightError>& e) {
   return sci(e->rel_l2());
 }
 
-std::string file_base_name(const std::string& path) {
+std::string file_base_name(const std::string& output_path) {
+  const std::string path = card_base_path(output_path);  // "dir/" names the directory
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
@@ -82,7 +83,8 @@ std::string file_base_name(const std::string& path) {
 bool kept(const CardTensor& t) { return !t.quantized; }
 
 std::string method_title(const Card& c) {
-  if (c.method.gguf) return "GGUF " + c.method.gguf->preset;
+  if (c.method.gguf)
+    return (c.method.name != "gguf-preset" ? c.method.name + " into " : std::string()) + "GGUF " + c.method.gguf->preset;
   std::string s = c.method.name;
   if (c.scheme) s += " " + c.scheme->name;
   if (c.method.activations) s += " + activations " + c.method.activations->scheme;

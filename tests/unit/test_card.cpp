@@ -396,5 +396,29 @@ TEST(CardCli, CalibratedAwqRecordsTheRescaledReference) {
   EXPECT_FALSE(fs::exists(out + "/" + "awq.card.json"));
 }
 
+TEST(CardCli, CalibratedGgufRecordsMethodAndCalibration) {
+  QFORGE_REQUIRE_SHARED("models/ref-llama-18m");
+  const std::string model = test::shared_dir() + "/models/ref-llama-18m";
+  const std::string out = test::temp_dir() + "/g.gguf";
+  check_quantize_card("quantize '" + model + "' --format gguf --type Q4_K_M --calib '" + model +
+                          "/calibration.txt' --calib-windows 2 --calib-ctx 64 --seed 7 --out '" + out + "'",
+                      out, "gguf");
+  Expected<Card> card = card_from_json(read_text(out + ".card.json"), "card");
+  ASSERT_TRUE(card.has_value());
+  EXPECT_EQ(card->method.name, "gptq");
+  ASSERT_TRUE(card->method.gptq.has_value());
+  ASSERT_TRUE(card->method.gguf.has_value());
+  EXPECT_EQ(card->method.gguf->preset, "Q4_K_M");
+  ASSERT_TRUE(card->calibration.has_value());
+  EXPECT_EQ(card->calibration->seed, 7u);
+  EXPECT_EQ(card->calibration->tokens_used, 2 * 64);
+  ASSERT_TRUE(card->tool.seed.has_value());
+  EXPECT_EQ(*card->tool.seed, 7u);
+  // The tokenizer GGUF conversion read is one of the source files.
+  bool tokenizer = false;
+  for (const auto& f : card->source.files) tokenizer |= f.path == model + "/tokenizer.model";
+  EXPECT_TRUE(tokenizer);
+}
+
 }  // namespace
 }  // namespace qforge

@@ -438,6 +438,46 @@ Status write_packed_quantize_card(const QuantizeRequest& req, const QuantizeSumm
   return write_and_report(card, req.output);
 }
 
+namespace {
+
+bool rescales_weights(const std::string& method) {
+  return method == "awq" || method == "awq+gptq" || method == "smoothquant";
+}
+
+void describe_calibrated_method(CardMethod& m, const CalibratedQuantizeRequest& req) {
+  m.name = req.method;
+  m.filter = req.selection.filter_pattern;
+  m.keep = req.selection.keep_pattern;
+  const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
+  const bool awq = req.method == "awq" || req.method == "awq+gptq";
+  m.error_reference = rescales_weights(req.method) ? "rescaled" : "source";
+  if (gptq) m.gptq = CardGptq{req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.act_order, req.gptq.sequential};
+  if (awq) m.awq = CardAwq{req.awq.grid, req.awq.clip, req.awq.clip_grid, req.awq.max_shrink};
+  if (req.method == "smoothquant") m.smoothquant_alpha = req.alpha;
+  if (req.act_scheme != "none" && !req.act_scheme.empty())
+    m.activations = CardActivations{req.act_scheme, req.act_scheme.find("static") != std::string::npos ? req.act_observer : ""};
+  m.batch_windows = req.batch_windows;
+  m.hidden_dtype = dtype_name(req.hidden_dtype);
+}
+
+}  // namespace
+
+void describe_calibrated_gguf(Card& card, const CalibratedQuantizeRequest& req, const GgufCalibratedTensors& result) {
+  std::optional<CardGguf> gguf = card.method.gguf;
+  describe_calibrated_method(card.method, req);
+  card.method.gguf = gguf;
+  card.tool.seed = req.calib_options.seed;
+  card.calibration = result.card_calibration;
+  if (rescales_weights(req.method)) {
+    // The GGUF card compares the written weights with the source's; the method's exact rescaling
+    // is part of that difference.
+    card.method.error_reference = "source";
+    card.notes.push_back("the per-tensor errors compare the written weights with the source weights, which " + req.method +
+                         " rescaled per channel (an exact fold, compensated in the norms): they are not pure "
+                         "quantization errors; the KLD against the source (--card-eval) measures the end-to-end effect");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // calibrated (rtn / gptq / awq / awq+gptq / smoothquant; packed, gptq or awq output)
 
@@ -451,21 +491,8 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& req, cons
   fill_source_files(card, std::move(files));
   fill_tool(card, req.calib_options.seed);
   card.scheme = scheme_card(req.scheme);
-  CardMethod& m = card.method;
-  m.name = req.method;
-  m.filter = req.selection.filter_pattern;
-  m.keep = req.selection.keep_pattern;
-  const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
-  const bool awq = req.method == "awq" || req.method == "awq+gptq";
-  const bool rescaled = awq || req.method == "smoothquant";
-  m.error_reference = rescaled ? "rescaled" : "source";
-  if (gptq) m.gptq = CardGptq{req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.act_order, req.gptq.sequential};
-  if (awq) m.awq = CardAwq{req.awq.grid, req.awq.clip, req.awq.clip_grid, req.awq.max_shrink};
-  if (req.method == "smoothquant") m.smoothquant_alpha = req.alpha;
-  if (req.act_scheme != "none" && !req.act_scheme.empty())
-    m.activations = CardActivations{req.act_scheme, req.act_scheme.find("static") != std::string::npos ? req.act_observer : ""};
-  m.batch_windows = req.batch_windows;
-  m.hidden_dtype = dtype_name(req.hidden_dtype);
+  describe_calibrated_method(card.method, req);
+  const bool rescaled = card.method.error_reference == "rescaled";
   if (summary.card_calibration) card.calibration = *summary.card_calibration;
 
   std::vector<OutputEntry> entries;
@@ -579,6 +606,7 @@ Status write_gguf_quantize_card(const GgufQuantizeRequest& req, const GgufModelI
     g.imatrix = im.front();
   }
   card.method.gguf = g;
+  if (req.describe_calibration) req.describe_calibration(card);
 
   // The written file, read back through the same loader (dequantizing through the format table).
   QFORGE_ASSIGN_OR_RETURN(GgufModelInput out, GgufModelInput::open(req.output));

@@ -31,6 +31,7 @@ struct QuantizeRequest;
 struct QuantizeSummary;
 struct GgufQuantizeRequest;
 struct CalibratedQuantizeRequest;
+struct GgufCalibratedTensors;
 
 // --card-eval TEXT [--card-ctx N] [--card-windows N]: perplexity and KLD of the output against
 // the source on TEXT, recorded in the card.
@@ -53,6 +54,9 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& request, 
 Status write_gguf_quantize_card(const GgufQuantizeRequest& request, const GgufModelInput& input,
                                 const GgufQuantizePlan& plan, const GgufQuantizeOptions& options,
                                 const CardRequest& card);
+
+// The method and calibration of a calibrated GGUF run (quantize --calib --format gguf).
+void describe_calibrated_gguf(Card& card, const CalibratedQuantizeRequest& request, const GgufCalibratedTensors& result);
 
 // Wraps a weight quantizer (RtnProcessor / GptqProcessor) so that each quantized linear's error
 // against the weight it received is recorded into *errors, keyed by the tensor's HF name.

@@ -311,6 +311,7 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                                               GgufQuantizeOptions& o) {
           return quantize_calibrated_gguf(creq, in, plan, *storage, o);
         };
+        opt->gguf.describe_calibration = [creq, storage](Card& card) { describe_calibrated_gguf(card, creq, *storage); };
         install_interrupt_handler();
       } else if (given("--method") || given("--resume")) {
         return fail(invalid_argument("--method and --resume with --format gguf need --calib FILE"));

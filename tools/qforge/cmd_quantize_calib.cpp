@@ -587,6 +587,7 @@ Status quantize_calibrated_gguf(const CalibratedQuantizeRequest& base, const Ggu
     return s;
   };
   QFORGE_ASSIGN_OR_RETURN(QuantizeSummary summary, quantize_calibrated(req));
+  out.card_calibration = summary.card_calibration;
   // To GGUF names and row order (q/k rows are permuted for llama.cpp's RoPE layout).
   auto row_order = [](const GgufInputTensor& t) {
     std::vector<float> index(static_cast<size_t>(t.rows())), order(index.size());

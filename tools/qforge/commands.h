@@ -148,6 +148,8 @@ struct GgufQuantizeRequest {
   // called after the preflight, before writing; sets the options' precomputed tensors.
   std::function<Status(const GgufModelInput&, const GgufQuantizePlan&, GgufQuantizeOptions&)> calibrate;
   CardRequest card;  // quantize only: the quantization card (card_build.h)
+  // Calibrated GGUF: fills the card's method and calibration (set by quantize --calib).
+  std::function<void(Card&)> describe_calibration;
 };
 
 // Opens the input, prints the preflight (always, before any work), stops on fallbacks /

@@ -55,6 +55,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
 struct GgufCalibratedTensors {
   std::map<std::string, QuantizedTensor> quantized;
   std::map<std::string, std::vector<float>> f32;
+  std::optional<CardCalibration> card_calibration;  // for the quantization card
 };
 Status quantize_calibrated_gguf(const CalibratedQuantizeRequest& request, const GgufModelInput& input,
                                 const GgufQuantizePlan& plan, GgufCalibratedTensors& out, GgufQuantizeOptions& options);
