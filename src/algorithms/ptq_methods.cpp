@@ -15,9 +15,6 @@
 namespace qforge {
 namespace {
 
-bool has_role(const std::vector<LinearSite>& sites, TensorRole role) {
-  return std::any_of(sites.begin(), sites.end(), [&](const LinearSite& s) { return s.role == role; });
-}
 bool only_roles(const std::vector<LinearSite>& sites, std::initializer_list<TensorRole> roles) {
   return !sites.empty() && std::all_of(sites.begin(), sites.end(), [&](const LinearSite& s) {
     return std::find(roles.begin(), roles.end(), s.role) != roles.end();

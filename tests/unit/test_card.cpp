@@ -275,7 +275,9 @@ TEST(CardCli, PackedQuantizeOfASyntheticCheckpoint) {
       EXPECT_EQ(t.reason_kind, "not-selected");
       EXPECT_EQ(t.type, "bf16");
     }
-    if (t.quantized) EXPECT_EQ(t.type, "int4-g32-asym");
+    if (t.quantized) {
+      EXPECT_EQ(t.type, "int4-g32-asym");
+    }
   }
   EXPECT_TRUE(saw_keep);
   EXPECT_TRUE(saw_embedding);
@@ -362,7 +364,9 @@ TEST(CardCli, GgufPresetOfStories260K) {
       // Q8_0: |error| <= d/2 per element with d = absmax/127, so the relative error is small.
       EXPECT_LT(t.error->rel_l2(), 0.01) << t.name;
     }
-    if (t.shape.size() == 1) EXPECT_EQ(t.reason_kind, "non-weight") << t.name;
+    if (t.shape.size() == 1) {
+      EXPECT_EQ(t.reason_kind, "non-weight") << t.name;
+    }
     // stories260K's 172-column ffn_down cannot be Q8_0: F16 with the reason recorded.
     if (t.name == "blk.0.ffn_down.weight") {
       EXPECT_EQ(t.type, "F16");

@@ -133,8 +133,9 @@ TEST(GptqGguf, CodeWritersInvertTheEncoders) {
     EXPECT_EQ(y, y2) << name;
     // Codes that decode alike (a zero sub-block scale) may differ, the values may not; where the
     // decoded values pin every code, the bytes match.
-    if (std::all_of(matches.begin(), matches.end(), [](int m) { return m == 1; }))
+    if (std::all_of(matches.begin(), matches.end(), [](int m) { return m == 1; })) {
       EXPECT_TRUE(rebuilt.codes == q->codes) << name;
+    }
   }
   EXPECT_EQ(formats::gguf_code_layout(FormatId::gguf_iq4_nl), nullptr);
   EXPECT_FALSE(gptq_supports(Scheme::parse("iq4_nl").value()));

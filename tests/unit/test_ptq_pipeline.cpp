@@ -134,7 +134,9 @@ TEST(PtqPipeline, StatisticsEqualFullModelCapture) {
   req.moments = true;
   req.sample_tokens = 30;
   for (int L : {0, 1}) {
-    if (L == 1) ASSERT_TRUE((*p)->advance(0));
+    if (L == 1) {
+      ASSERT_TRUE((*p)->advance(0));
+    }
     auto groups = (*p)->collect(L, req);
     ASSERT_TRUE(groups.has_value()) << groups.status().message();
     ASSERT_EQ(groups->size(), 4u);  // {q,k,v}, {o}, {gate,up}, {down}
