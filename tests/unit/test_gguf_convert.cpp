@@ -723,20 +723,8 @@ TEST(GgufConvert, HfGoldenArchitecturesConvertWithTheirNamesKeysAndPermutation) 
 // ---- CLI on the shared models ------------------------------------------------------------------
 
 // Whole-model quantization of ref-llama-18m/25m takes tens of seconds per preset in a Release
-// build; under ASan/UBSan it would dominate the CI budget, so those tests run in Release only.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model: too slow under sanitizers"
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model: too slow under sanitizers"
-#endif
-#endif
-#ifndef QFORGE_SKIP_UNDER_SANITIZERS
-#define QFORGE_SKIP_UNDER_SANITIZERS() \
-  do {                                 \
-  } while (0)
-#endif
-
+// build; under ASan/UBSan it would dominate the CI budget, so those tests run in Release only
+// (QFORGE_SKIP_UNDER_SANITIZERS, test_support.h).
 json inspect_json(const std::string& path) {
   std::string out;
   const int rc = run_command(quote(cli_path()) + " inspect --json " + quote(path) + " 2>/dev/null", &out);
@@ -818,7 +806,7 @@ void expect_llama_metadata(const json& md, int64_t layers, int64_t ctx, int64_t 
 
 TEST(GgufCli, ConvertAndQuantizeRefLlama18mQ4KM) {
   QFORGE_REQUIRE_SHARED("models/ref-llama-18m");
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model");
   const std::string model = shared_dir() + "/models/ref-llama-18m";
   const std::string dir = temp_dir();
   const std::string f16 = dir + "/18m-f16.gguf", q4 = dir + "/18m-q4km.gguf";
@@ -865,7 +853,7 @@ TEST(GgufCli, ConvertAndQuantizeRefLlama18mQ4KM) {
 
 TEST(GgufCli, QuantizingTheHfDirectoryEqualsQuantizingItsF32ConversionForAnyThreadCount) {
   QFORGE_REQUIRE_SHARED("models/ref-llama-18m");
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model");
   const std::string model = shared_dir() + "/models/ref-llama-18m";
   const std::string dir = temp_dir();
   const std::string f32 = dir + "/18m-f32.gguf", a = dir + "/18m-a.gguf", b = dir + "/18m-b.gguf";
@@ -989,7 +977,7 @@ TEST(GgufCli, Stories260kConvertsWithItsTokenizerAndQuantizesWithAllowedFallback
 
 TEST(GgufCli, RefLlama25mQ4KMStopsAtThePreflightUnlessFallbacksAreAllowed) {
   QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model");
   const std::string model = shared_dir() + "/models/ref-llama-25m";
   const std::string q4 = temp_dir() + "/25m-q4km.gguf";
   std::string out;

@@ -25,21 +25,6 @@ using test::run_command;
 std::string quote(const std::string& s) { return "'" + s + "'"; }
 constexpr const char* kModel = "models/ref-llama-18m";
 
-// Quantizes the whole 17.6M-parameter model several times: minutes under ASan, so only in the
-// plain build.
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model several times: too slow under sanitizers"
-#endif
-#endif
-#if !defined(QFORGE_SKIP_UNDER_SANITIZERS) && defined(__SANITIZE_ADDRESS__)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model several times: too slow under sanitizers"
-#endif
-#ifndef QFORGE_SKIP_UNDER_SANITIZERS
-#define QFORGE_SKIP_UNDER_SANITIZERS() \
-  do {                                 \
-  } while (0)
-#endif
 
 // Exhaustive optimum: the least cost over every combination within the budget (inf: none fits).
 double brute_force(const std::vector<KnapsackItem>& items, uint64_t budget) {
@@ -256,7 +241,7 @@ TEST(PlanProblem, BudgetsHoldExactlyAndTheSearchMeetsItsBound) {
 
 TEST(PlanCli, SensitivityPlanQuantizeRoundTrip) {
   QFORGE_REQUIRE_SHARED(kModel);
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model several times");
   const std::string model = test::shared_dir() + "/" + kModel, dir = test::temp_dir();
   const std::string cli = quote(test::cli_path());
   std::string out;

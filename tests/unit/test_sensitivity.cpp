@@ -20,21 +20,6 @@ namespace {
 
 constexpr const char* kModel = "models/ref-llama-18m";
 
-// Quantizes the whole 17.6M-parameter model several times: minutes under ASan, so only in the
-// plain build.
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model several times: too slow under sanitizers"
-#endif
-#endif
-#if !defined(QFORGE_SKIP_UNDER_SANITIZERS) && defined(__SANITIZE_ADDRESS__)
-#define QFORGE_SKIP_UNDER_SANITIZERS() GTEST_SKIP() << "quantizes a whole model several times: too slow under sanitizers"
-#endif
-#ifndef QFORGE_SKIP_UNDER_SANITIZERS
-#define QFORGE_SKIP_UNDER_SANITIZERS() \
-  do {                                 \
-  } while (0)
-#endif
 
 struct Fixture {
   std::string dir;
@@ -72,7 +57,7 @@ const SensitivityUnit* find_unit(const SensitivityReport& r, const std::string& 
 
 TEST(Sensitivity, MatchesEvaluatingAGgufWithOnlyThatTensorQuantized) {
   QFORGE_REQUIRE_SHARED(kModel);
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model several times");
   Fixture f = load_fixture(64, 2);
   SensitivityOptions o;
   o.types = {GgmlType::Q3_K};
@@ -129,7 +114,7 @@ TEST(Sensitivity, MatchesEvaluatingAGgufWithOnlyThatTensorQuantized) {
 
 TEST(Sensitivity, TwoBitsCostMoreThanEightForEveryGroup) {
   QFORGE_REQUIRE_SHARED(kModel);
-  QFORGE_SKIP_UNDER_SANITIZERS();
+  QFORGE_SKIP_UNDER_SANITIZERS("quantizes a whole model several times");
   Fixture f = load_fixture(64, 1);
   SensitivityOptions o;
   o.types = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q2_K};

@@ -21,6 +21,22 @@ int run_command(const std::string& command, std::string* output);
 }  // namespace qforge::test
 
 // Skips the current test with a message when a fixture under ../shared is missing.
+// Skips a test in sanitizer builds (ASan/UBSan), where it would take minutes; `why` names the slow work.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+#define QFORGE_UNDER_SANITIZERS 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define QFORGE_UNDER_SANITIZERS 1
+#endif
+#endif
+#ifdef QFORGE_UNDER_SANITIZERS
+#define QFORGE_SKIP_UNDER_SANITIZERS(why) GTEST_SKIP() << why << ": too slow under sanitizers"
+#else
+#define QFORGE_SKIP_UNDER_SANITIZERS(why) \
+  do {                                    \
+  } while (0)
+#endif
+
 #define QFORGE_REQUIRE_SHARED(relative)                                                       \
   do {                                                                                        \
     if (!::qforge::test::shared_exists(relative))                                             \

@@ -169,11 +169,17 @@ Status measure_evaluation(Card& card, const std::string& source, const std::stri
   ref.model = &source_model.model;
   QFORGE_ASSIGN_OR_RETURN(EvalReport r, evaluate(output_model.model, *windows, eo, ref));
   if (!r.kld) return Status::error(ErrorCode::internal, "evaluation returned no KLD statistics");
-  CardEvaluation& e = card.evaluation;
+  QFORGE_ASSIGN_OR_RETURN(std::vector<CardFile> tf, describe_files({req.eval_text}));
+  fill_card_evaluation(card.evaluation, r, tf.front());
+  return Status::ok();
+}
+
+}  // namespace
+
+void fill_card_evaluation(CardEvaluation& e, const EvalReport& r, const CardFile& text) {
   e.measured = true;
   e.reason.clear();
-  QFORGE_ASSIGN_OR_RETURN(std::vector<CardFile> tf, describe_files({req.eval_text}));
-  e.text = tf.front();
+  e.text = text;
   e.protocol = r.protocol;
   e.ctx = r.ctx;
   e.windows = r.windows;
@@ -189,8 +195,9 @@ Status measure_evaluation(Card& card, const std::string& source, const std::stri
   e.kld_max = r.kld->kld.max;
   e.top1_agreement = r.kld->top1_agreement;
   e.delta_p_rms = r.kld->delta_p_rms;
-  return Status::ok();
 }
+
+namespace {
 
 Status write_and_report(Card& card, const std::string& output) {
   card.speed.measured = false;

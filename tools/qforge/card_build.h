@@ -16,6 +16,7 @@
 #include <string>
 
 #include "qforge/card.h"
+#include "qforge/eval.h"
 #include "qforge/ptq.h"
 #include "qforge/tensor_roles.h"
 
@@ -54,6 +55,9 @@ Status write_calibrated_quantize_card(const CalibratedQuantizeRequest& request, 
 Status write_gguf_quantize_card(const GgufQuantizeRequest& request, const GgufModelInput& input,
                                 const GgufQuantizePlan& plan, const GgufQuantizeOptions& options,
                                 const CardRequest& card);
+
+// Fills the card's evaluation section from an evaluation with a reference (r.kld set) of `text`.
+void fill_card_evaluation(CardEvaluation& e, const EvalReport& r, const CardFile& text);
 
 // The method and calibration of a calibrated GGUF run (quantize --calib --format gguf).
 void describe_calibrated_gguf(Card& card, const CalibratedQuantizeRequest& request, const GgufCalibratedTensors& result);

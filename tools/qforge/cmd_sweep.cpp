@@ -171,25 +171,7 @@ int run_sweep(const SweepCommandOptions& o) {
       auto card = card_from_json(*json_text, base + ".card.json");
       if (!card) return report_error(card.status());
       const EvalReport& r = entries[i].result.report;
-      CardEvaluation& e = card->evaluation;
-      e.measured = true;
-      e.reason.clear();
-      e.text = text_file->front();
-      e.protocol = r.protocol;
-      e.ctx = r.ctx;
-      e.windows = r.windows;
-      e.windows_total = r.windows_total;
-      e.tokens_scored = r.ppl.tokens_scored;
-      e.ppl = r.ppl.ppl;
-      e.ppl_source = r.kld->reference.ppl;
-      e.ln_ppl_ratio = r.kld->ln_ppl_ratio;
-      e.kld_mean = r.kld->kld.mean;
-      e.kld_median = r.kld->kld.median;
-      e.kld_p90 = r.kld->kld.p90;
-      e.kld_p99 = r.kld->kld.p99;
-      e.kld_max = r.kld->kld.max;
-      e.top1_agreement = r.kld->top1_agreement;
-      e.delta_p_rms = r.kld->delta_p_rms;
+      fill_card_evaluation(card->evaluation, r, text_file->front());
       nlohmann::ordered_json points = nlohmann::ordered_json::array();
       for (size_t j = 0; j < entries.size(); ++j)
         points.push_back({{"label", entries[j].name},
