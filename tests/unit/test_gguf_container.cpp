@@ -188,6 +188,11 @@ TEST(GgmlTypes, TensorByteSizes) {
   const int64_t big = int64_t{1} << 31;
   const std::vector<int64_t> huge = {big, big, big};  // 2^93 elements
   EXPECT_FALSE(ggml_tensor_nbytes(GgmlType::F32, huge).has_value());
+  // Holds no bytes, but numel/strides multiply the other dimensions first (a fuzz finding).
+  const std::vector<int64_t> empty_but_huge = {0, big << 3, big << 3};
+  auto e = ggml_tensor_nbytes(GgmlType::F32, empty_but_huge);
+  ASSERT_FALSE(e.has_value());
+  EXPECT_NE(e.status().message().find("overflows int64"), std::string::npos) << e.status().message();
   const std::vector<int64_t> bytes_overflow = {int64_t{1} << 62};  // element count fits, bytes do not
   EXPECT_FALSE(ggml_tensor_nbytes(GgmlType::F32, bytes_overflow).has_value());
 }
