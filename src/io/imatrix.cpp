@@ -62,6 +62,8 @@ Status load_gguf(const uint8_t* data, size_t size, const std::string& path, std:
       return parse_error(path + ": imatrix entry '" + name + "': in_sum2 must be 2-D {columns, matrices}");
     const int64_t n_cols = sums->ne[0];
     const int64_t n_mat = sums->ne.size() == 2 ? sums->ne[1] : 1;
+    if (n_mat <= 0)
+      return parse_error(path + ": imatrix entry '" + name + "': in_sum2 has no matrices (ne[1] = 0)");
     if (counts->numel() != n_mat)
       return parse_error(path + ": imatrix entry '" + name + "': " + std::to_string(counts->numel()) +
                          " counts for " + std::to_string(n_mat) + " matrices");

@@ -604,7 +604,8 @@ TEST(GgufQuantize, LegacyImatrixIsReadAndAveragedByCallCount) {
   EXPECT_EQ(e->importance, (std::vector<float>{1.0f, 2.0f, 0.0f}));
 }
 
-// The fuzz seeds (fuzz/corpus/imatrix) are valid inputs of the readers they exercise.
+// The fuzz seeds (fuzz/corpus/imatrix) are valid inputs of the readers they exercise, and the
+// regression inputs kept there are rejected.
 TEST(GgufQuantize, FuzzSeedsParse) {
   const fs::path dir = fs::path(QFORGE_SOURCE_DIR) / "fuzz" / "corpus" / "imatrix";
   if (!fs::exists(dir)) GTEST_SKIP() << dir << " not found";
@@ -615,6 +616,10 @@ TEST(GgufQuantize, FuzzSeedsParse) {
   const ImatrixEntry* e = g->find("blk.0.attn_q.weight");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->importance, (std::vector<float>{0.5f, 1.0f, 1.5f, 2.0f}));  // in_sum2 / counts
+  // A fuzz finding: in_sum2 {huge, 0} with no counts was accepted as an entry with 0 matrices.
+  Expected<Imatrix> zero = Imatrix::load((dir / "regress-zero-matrices.gguf").string());
+  ASSERT_FALSE(zero.has_value());
+  EXPECT_NE(zero.status().message().find("no matrices"), std::string::npos) << zero.status().message();
   Expected<Imatrix> l = Imatrix::load((dir / "legacy.dat").string());
   ASSERT_TRUE(l.has_value()) << l.status().message();
   Expected<GgufVocab> v = read_llama2c_vocab((dir / "tok4.bin").string(), 4);
