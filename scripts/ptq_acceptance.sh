@@ -12,6 +12,9 @@
 #   PRINT_ONLY=1   print the table of the rows already measured, run nothing
 #   CALIB_WINDOWS  calibration windows (default 128, the protocol's; ctx is 512)
 #   EVAL_WINDOWS   heldout windows at ctx 512 (default 0 = all 410, the protocol's)
+#   REF_LOGITS_DIR when $REF_LOGITS_DIR/<model dir name>.ref.safetensors exists (saved by
+#                  `qforge eval MODEL --text heldout.txt --ctx 512 --save-logits F --logits-dtype f32`),
+#                  KLD and top-1 use it (--ref-logits) instead of running the f32 model alongside
 # A row whose eval JSON already exists is not run again (delete it to re-run).
 # Protocol: calibration.txt, CALIB_WINDOWS x 512 tokens, seed 0; eval heldout.txt ctx 512, KLD and
 # top-1 against the f32 model run alongside (--ref). Quantization time = wall time of the
@@ -50,6 +53,9 @@ row_spec() {
     best3) echo "$M|AWQ + GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method awq+gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip4) echo "$M|GPTQ + act-order + MSE clip|int4-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip3) echo "$M|GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaoclip[34]-d*)  # dampening variants: gptqaoclip4-d0.001 = --damp 0.001
+      local bits=${r:10:1} damp=${r#*-d}
+      echo "$M|GPTQ + act-order + MSE clip, damp $damp|int$bits-g128-asym|quantize $M --method gptq --act-order --gptq-clip --damp $damp --scheme int$bits-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8dyn) echo "$M|W8A8, int8 per-token dynamic|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-token-dyn --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8static) echo "$M|W8A8, int8 per-tensor static (minmax)|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
     sqstatic) echo "$M|SmoothQuant α=0.5 + W8A8 static|int8-ch-sym|quantize $M --method smoothquant --alpha 0.5 --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
@@ -78,8 +84,10 @@ run_row() {
   fi
   # shellcheck disable=SC2086
   /usr/bin/time -v "$QF" $args --out "$out" >"$log" 2>&1 || { echo "$r: quantize failed, see $log" >&2; return 1; }
+  local ref=(--ref "$model") cache=${REF_LOGITS_DIR:-/nonexistent}/$(basename "$model").ref.safetensors
+  [[ -f $cache ]] && ref=(--ref-logits "$cache")
   "$QF" eval "$out" --config "$model" --text "$model/heldout.txt" --ctx 512 --max-windows "$EVAL_WINDOWS" \
-    --ref "$model" --json "$json.tmp" >>"$log" 2>&1 || { echo "$r: eval failed, see $log" >&2; return 1; }
+    "${ref[@]}" --json "$json.tmp" >>"$log" 2>&1 || { echo "$r: eval failed, see $log" >&2; return 1; }
   mv "$json.tmp" "$json"
 }
 
