@@ -147,9 +147,8 @@ Status choose_params(const Scheme& scheme, const float* sub, int64_t rows, int64
 // Finds every code's value in each level table by writing that code into every element of the
 // group (planar: pack_bits into the codes plane; GGUF: the block's code writer, scales untouched)
 // and dequantizing through the table.
-Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
-                  const GptqOptions& options, GroupGrid& g) {
-  QFORGE_RETURN_IF_ERROR(choose_params(scheme, sub, rows, width, h, options, g.params));
+// (build_tables: for g.params as they are, e.g. after a scale refit.)
+Status build_tables(const Scheme& scheme, int64_t rows, int64_t width, GroupGrid& g) {
   const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format);
   int64_t levels = int64_t{1} << scheme.bits;
   g.sub = width;
@@ -202,6 +201,12 @@ Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t 
   return Status::ok();
 }
 
+Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
+                  const GptqOptions& options, GroupGrid& g) {
+  QFORGE_RETURN_IF_ERROR(choose_params(scheme, sub, rows, width, h, options, g.params));
+  return build_tables(scheme, rows, width, g);
+}
+
 // Nearest grid value of row r to x (ties: the lower value); returns its index.
 size_t nearest(const std::vector<float>& vals, double x) {
   auto it = std::lower_bound(vals.begin(), vals.end(), static_cast<float>(x));
@@ -221,7 +226,9 @@ size_t nearest(const std::vector<float>& vals, double x) {
 // negative. Groups whose codes are all at the zero-point (M_gg = 0) keep their scale.
 // `w0`: the original weights (dead columns zeroed, as the sweep saw them); `H`: the damped Hessian in
 // the original column order, C x C. Rows are independent, so the result does not depend on threads.
-Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>& dead, const std::vector<double>& H) {
+// `objective` (optional) receives each row's final objective.
+Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>& dead, const std::vector<double>& H,
+                    std::vector<double>* objective) {
   const FormatTraits& t = format_traits(q.scheme.format);
   const int64_t rows = q.rows, cols = q.cols, G = q.groups_per_row();
   const int64_t gs = cols / G;
@@ -256,6 +263,7 @@ Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>
   std::vector<double> EH(static_cast<size_t>(cr_max) * C), Z(static_cast<size_t>(cr_max) * C);
   std::vector<double> M(static_cast<size_t>(cr_max * G * G));
   const int ci = static_cast<int>(cols);
+  if (objective != nullptr) objective->assign(static_cast<size_t>(rows), 0.0);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t nr = std::min(chunk, rows - r0);
     for (int64_t r = 0; r < nr; ++r)
@@ -296,6 +304,12 @@ Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>
         const double* ar = Ad.data() + static_cast<size_t>(r) * C;
         const double* ehr = EH.data() + static_cast<size_t>(r) * C;
         const float* s0r = s0.data() + static_cast<size_t>((r0 + r) * G);
+        if (objective != nullptr) {
+          const double* er = E.data() + static_cast<size_t>(r) * C;
+          double f0 = 0;
+          for (size_t j = 0; j < C; ++j) f0 += er[j] * ehr[j];
+          (*objective)[static_cast<size_t>(r0 + r)] = f0;
+        }
         act.clear();
         for (int64_t g = 0; g < G; ++g)
           if (Mr[g * G + g] > 0) act.push_back(g);
@@ -341,6 +355,7 @@ Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>
           change += delta[static_cast<size_t>(u)] * (md - 2.0 * rs[static_cast<size_t>(u)]);
         }
         if (!(change < 0)) continue;
+        if (objective != nullptr) (*objective)[static_cast<size_t>(r0 + r)] += change;
         for (int u = 0; u < n; ++u)
           std::memcpy(q.scales.data() + (static_cast<size_t>((r0 + r) * G + act[static_cast<size_t>(u)])) * sb,
                       bytes.data() + static_cast<size_t>(u) * sb, sb);
@@ -378,6 +393,8 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   if (tokens <= 0) return invalid_argument("GPTQ needs calibration tokens (got " + std::to_string(tokens) + ")");
   if (!(options.damp > 0) || options.block_size <= 0)
     return invalid_argument("GPTQ: damp must be > 0 and block size positive");
+  if (options.refit && (options.refit_passes < 1 || options.refit_passes > 64))
+    return invalid_argument("GPTQ: refit passes must be in [1, 64], got " + std::to_string(options.refit_passes));
   if (options.refit && !gptq_refit_supports(scheme))
     return invalid_argument("GPTQ scale refit (--gptq-refit) applies to int-sym / int-asym schemes with group or "
                             "per-channel scales, not " + scheme.name());
@@ -453,13 +470,17 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   mean_diag /= static_cast<double>(C);
   double damp = options.damp;
   std::vector<double> U(C * C);
-  for (int attempt = 0;; ++attempt) {
+  // U := the upper Cholesky factor of the permuted damped H's inverse.
+  auto factor = [&](double dmp) {
     for (size_t i = 0; i < C; ++i) {
       const size_t pi = static_cast<size_t>(perm[i]);
       for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[pi * C + static_cast<size_t>(perm[j])] * norm;
-      U[i * C + i] = diag[pi] + damp * mean_diag;
+      U[i * C + i] = diag[pi] + dmp * mean_diag;
     }
-    if (cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols)) break;
+    return cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols);
+  };
+  for (int attempt = 0;; ++attempt) {
+    if (factor(damp)) break;
     if (attempt >= options.max_damp_raises)
       return Status::error(ErrorCode::internal, "GPTQ: the Hessian stays indefinite with dampening " + std::to_string(damp));
     result.warnings.push_back("Cholesky failed with dampening " + std::to_string(damp) + " of the mean diagonal; retrying with " +
@@ -468,6 +489,28 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   }
   result.damp_used = damp;
 
+  // With the refit, further passes sweep again on the refit scales (the codes follow the new grid)
+  // and refit again; each row keeps the pass with its lowest objective.
+  const int passes = options.refit ? options.refit_passes : 1;
+  std::vector<double> W_start;
+  if (passes > 1) W_start = W;
+  std::vector<double> best_obj, obj;
+  QuantizedTensor later;
+  for (int pass = 0; pass < passes; ++pass) {
+  if (pass > 0) {
+    W = W_start;
+    if (!factor(damp)) return Status::error(ErrorCode::internal, "GPTQ: the Hessian's factorisation failed on a refit pass");
+    const size_t sb = dtype_size(format_traits(scheme.format).scale_dtype);
+    for (int64_t g = 0; g < n_groups; ++g) {
+      GroupGrid& grid = grids[static_cast<size_t>(g)];
+      if (grid.params.scales.size() != static_cast<size_t>(rows) * sb)
+        return Status::error(ErrorCode::internal, "GPTQ refit: group parameters are not one scale per row");
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(grid.params.scales.data() + static_cast<size_t>(r) * sb,
+                    result.q.scales.data() + static_cast<size_t>(r * n_groups + g) * sb, sb);
+      QFORGE_RETURN_IF_ERROR(build_tables(scheme, rows, gs, grid));
+    }
+  }
   // The column sweep with lazy block updates.
   std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
   const int64_t B = options.block_size;
@@ -509,11 +552,11 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
                   static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
     }
   }
-  result.proxy_loss = loss / 2;
+  if (pass == 0) result.proxy_loss = loss / 2;
 
   // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
   // scale/zero planes copied from its parameters.
-  QuantizedTensor& q = result.q;
+  QuantizedTensor& q = pass == 0 ? result.q : later;
   q.scheme = scheme;
   q.rows = rows;
   q.cols = cols;
@@ -573,7 +616,22 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
     }
     std::vector<bool> dead(C);
     for (size_t j = 0; j < C; ++j) dead[j] = sum_xxt[j * C + j] == 0.0;
-    QFORGE_RETURN_IF_ERROR(refit_scales(q, w, dead, U));
+    QFORGE_RETURN_IF_ERROR(refit_scales(q, w, dead, U, &obj));
+  }
+  if (pass == 0) {
+    best_obj = obj;
+    continue;
+  }
+  const size_t code_row = q.packed_row_bytes(), scale_row = q.scales.size() / static_cast<size_t>(rows),
+               zero_row = q.zeros.size() / static_cast<size_t>(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!(obj[static_cast<size_t>(r)] < best_obj[static_cast<size_t>(r)])) continue;
+    best_obj[static_cast<size_t>(r)] = obj[static_cast<size_t>(r)];
+    const size_t ur = static_cast<size_t>(r);
+    std::memcpy(result.q.codes.data() + ur * code_row, q.codes.data() + ur * code_row, code_row);
+    std::memcpy(result.q.scales.data() + ur * scale_row, q.scales.data() + ur * scale_row, scale_row);
+    if (zero_row > 0) std::memcpy(result.q.zeros.data() + ur * zero_row, q.zeros.data() + ur * zero_row, zero_row);
+  }
   }
   return result;
 }

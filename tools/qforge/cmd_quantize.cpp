@@ -256,7 +256,8 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
                 "minimising the Hessian-diagonal-weighted error, chosen before the sweep");
   cmd->add_flag("--gptq-refit", c.gptq.refit,
                 "[gptq] After the sweep, least-squares refit of each row's group scales with the codes fixed, "
-                "minimising the Hessian-weighted layer error (int-sym / int-asym group or per-channel schemes)");
+                "minimising the Hessian-weighted layer error, then 3 more sweep + refit passes on the refit scales, "
+                "each row keeping its best (int-sym / int-asym group or per-channel schemes)");
   cmd->add_option("--gptq-block", c.gptq.block_size, "[gptq] Lazy-update block width in columns (default 128)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_flag("!--no-sequential", c.gptq.sequential,
