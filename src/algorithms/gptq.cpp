@@ -497,141 +497,141 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   std::vector<double> best_obj, obj;
   QuantizedTensor later;
   for (int pass = 0; pass < passes; ++pass) {
-  if (pass > 0) {
-    W = W_start;
-    if (!factor(damp)) return Status::error(ErrorCode::internal, "GPTQ: the Hessian's factorisation failed on a refit pass");
-    const size_t sb = dtype_size(format_traits(scheme.format).scale_dtype);
-    for (int64_t g = 0; g < n_groups; ++g) {
-      GroupGrid& grid = grids[static_cast<size_t>(g)];
-      if (grid.params.scales.size() != static_cast<size_t>(rows) * sb)
-        return Status::error(ErrorCode::internal, "GPTQ refit: group parameters are not one scale per row");
-      for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(grid.params.scales.data() + static_cast<size_t>(r) * sb,
-                    result.q.scales.data() + static_cast<size_t>(r * n_groups + g) * sb, sb);
-      QFORGE_RETURN_IF_ERROR(build_tables(scheme, rows, gs, grid));
-    }
-  }
-  // The column sweep with lazy block updates.
-  std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
-  const int64_t B = options.block_size;
-  std::vector<double> err(static_cast<size_t>(rows * B));
-  double loss = 0;
-  for (int64_t i1 = 0; i1 < cols; i1 += B) {
-    const int64_t i2 = std::min(i1 + B, cols), count = i2 - i1;
-    std::fill(err.begin(), err.end(), 0.0);
-    for (int64_t i = i1; i < i2; ++i) {
-      const int64_t orig = perm[static_cast<size_t>(i)];
-      const int64_t g = orig / gs;
-      if (!grid_ready[static_cast<size_t>(g)]) {
-        // Without act-order, columns arrive in order and a group starts here: its parameters come
-        // from the weights as updated so far.
-        QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
-      }
-      const GroupGrid& grid = grids[static_cast<size_t>(g)];
-      const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
-      for (int64_t r = 0; r < rows; ++r) {
-        double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
-        const std::vector<float>& vals = grid.values(r, orig % gs);
-        const size_t k = nearest(vals, wv);
-        const double q = vals[k];
-        codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.codes_of(r, orig % gs)[k];
-        const double e = (wv - q) / d;
-        loss += (wv - q) * (wv - q) / (d * d);
-        err[static_cast<size_t>(r * B + (i - i1))] = e;
-        // Update the rest of this block now; columns past it wait for the block's GEMM.
-        const double* urow = U.data() + static_cast<size_t>(i) * C;
-        double* wrow = W.data() + static_cast<size_t>(r) * C;
-        for (int64_t j = i + 1; j < i2; ++j) wrow[j] -= e * urow[j];
-        wv = q;
-      }
-    }
-    if (i2 < cols) {
-      // W[:, i2:] -= Err[:, 0:count] · U[i1:i2, i2:]
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols - i2),
-                  static_cast<int>(count), -1.0, err.data(), static_cast<int>(B), U.data() + i1 * cols + i2,
-                  static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
-    }
-  }
-  if (pass == 0) result.proxy_loss = loss / 2;
-
-  // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
-  // scale/zero planes copied from its parameters.
-  QuantizedTensor& q = pass == 0 ? result.q : later;
-  q.scheme = scheme;
-  q.rows = rows;
-  q.cols = cols;
-  const PlaneSizes sizes = scheme_plane_sizes(scheme, rows, cols);
-  q.codes.assign(sizes.codes, 0);
-  q.scales.assign(sizes.scales, 0);
-  q.zeros.assign(sizes.zeros, 0);
-  std::vector<int64_t> pos(C);  // permuted position of each original column
-  for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
-  if (const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format); layout != nullptr) {
-    // GGUF: each block keeps the scales chosen for it and gets the sweep's codes.
-    const size_t bb = grids.empty() ? 0 : grids[0].params.codes.size() / static_cast<size_t>(rows);
-    if (q.codes.size() != bb * static_cast<size_t>(rows * n_groups))
-      return Status::error(ErrorCode::internal, "GPTQ: GGUF block size mismatch");
-    std::vector<uint8_t> block_codes(static_cast<size_t>(gs));
-    for (int64_t r = 0; r < rows; ++r)
+    if (pass > 0) {
+      W = W_start;
+      if (!factor(damp)) return Status::error(ErrorCode::internal, "GPTQ: the Hessian's factorisation failed on a refit pass");
+      const size_t sb = dtype_size(format_traits(scheme.format).scale_dtype);
       for (int64_t g = 0; g < n_groups; ++g) {
-        uint8_t* dst = q.codes.data() + static_cast<size_t>(r * n_groups + g) * bb;
-        std::memcpy(dst, grids[static_cast<size_t>(g)].params.codes.data() + static_cast<size_t>(r) * bb, bb);
-        for (int64_t c = 0; c < gs; ++c)
-          block_codes[static_cast<size_t>(c)] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[static_cast<size_t>(g * gs + c)])];
-        layout->set_codes(dst, block_codes.data());
+        GroupGrid& grid = grids[static_cast<size_t>(g)];
+        if (grid.params.scales.size() != static_cast<size_t>(rows) * sb)
+          return Status::error(ErrorCode::internal, "GPTQ refit: group parameters are not one scale per row");
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(grid.params.scales.data() + static_cast<size_t>(r) * sb,
+                      result.q.scales.data() + static_cast<size_t>(r * n_groups + g) * sb, sb);
+        QFORGE_RETURN_IF_ERROR(build_tables(scheme, rows, gs, grid));
       }
-    return result;
-  }
-  const size_t row_bytes = q.packed_row_bytes();
-  std::vector<uint8_t> row_codes(C);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < C; ++j) row_codes[j] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[j])];
-    pack_bits(row_codes.data(), cols, scheme.bits, q.codes.data() + static_cast<size_t>(r) * row_bytes);
-  }
-  auto copy_plane = [&](std::vector<uint8_t>& dst, auto member) -> Status {
-    if (dst.empty()) return Status::ok();
-    if (n_groups == 1) {
-      const auto& src = grids[0].params.*member;
-      if (src.size() != dst.size()) return Status::error(ErrorCode::internal, "GPTQ: plane size mismatch");
-      dst = src;
-      return Status::ok();
     }
-    const size_t per = dst.size() / static_cast<size_t>(rows * n_groups);  // bytes per group entry
-    for (int64_t g = 0; g < n_groups; ++g) {
-      const auto& src = grids[static_cast<size_t>(g)].params.*member;
-      if (src.size() != per * static_cast<size_t>(rows)) return Status::error(ErrorCode::internal, "GPTQ: group plane size mismatch");
+    // The column sweep with lazy block updates.
+    std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
+    const int64_t B = options.block_size;
+    std::vector<double> err(static_cast<size_t>(rows * B));
+    double loss = 0;
+    for (int64_t i1 = 0; i1 < cols; i1 += B) {
+      const int64_t i2 = std::min(i1 + B, cols), count = i2 - i1;
+      std::fill(err.begin(), err.end(), 0.0);
+      for (int64_t i = i1; i < i2; ++i) {
+        const int64_t orig = perm[static_cast<size_t>(i)];
+        const int64_t g = orig / gs;
+        if (!grid_ready[static_cast<size_t>(g)]) {
+          // Without act-order, columns arrive in order and a group starts here: its parameters come
+          // from the weights as updated so far.
+          QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
+        }
+        const GroupGrid& grid = grids[static_cast<size_t>(g)];
+        const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
+        for (int64_t r = 0; r < rows; ++r) {
+          double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
+          const std::vector<float>& vals = grid.values(r, orig % gs);
+          const size_t k = nearest(vals, wv);
+          const double q = vals[k];
+          codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.codes_of(r, orig % gs)[k];
+          const double e = (wv - q) / d;
+          loss += (wv - q) * (wv - q) / (d * d);
+          err[static_cast<size_t>(r * B + (i - i1))] = e;
+          // Update the rest of this block now; columns past it wait for the block's GEMM.
+          const double* urow = U.data() + static_cast<size_t>(i) * C;
+          double* wrow = W.data() + static_cast<size_t>(r) * C;
+          for (int64_t j = i + 1; j < i2; ++j) wrow[j] -= e * urow[j];
+          wv = q;
+        }
+      }
+      if (i2 < cols) {
+        // W[:, i2:] -= Err[:, 0:count] · U[i1:i2, i2:]
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols - i2),
+                    static_cast<int>(count), -1.0, err.data(), static_cast<int>(B), U.data() + i1 * cols + i2,
+                    static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
+      }
+    }
+    if (pass == 0) result.proxy_loss = loss / 2;
+
+    // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
+    // scale/zero planes copied from its parameters.
+    QuantizedTensor& q = pass == 0 ? result.q : later;
+    q.scheme = scheme;
+    q.rows = rows;
+    q.cols = cols;
+    const PlaneSizes sizes = scheme_plane_sizes(scheme, rows, cols);
+    q.codes.assign(sizes.codes, 0);
+    q.scales.assign(sizes.scales, 0);
+    q.zeros.assign(sizes.zeros, 0);
+    std::vector<int64_t> pos(C);  // permuted position of each original column
+    for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
+    if (const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format); layout != nullptr) {
+      // GGUF: each block keeps the scales chosen for it and gets the sweep's codes.
+      const size_t bb = grids.empty() ? 0 : grids[0].params.codes.size() / static_cast<size_t>(rows);
+      if (q.codes.size() != bb * static_cast<size_t>(rows * n_groups))
+        return Status::error(ErrorCode::internal, "GPTQ: GGUF block size mismatch");
+      std::vector<uint8_t> block_codes(static_cast<size_t>(gs));
       for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(dst.data() + (static_cast<size_t>(r * n_groups + g)) * per, src.data() + static_cast<size_t>(r) * per, per);
+        for (int64_t g = 0; g < n_groups; ++g) {
+          uint8_t* dst = q.codes.data() + static_cast<size_t>(r * n_groups + g) * bb;
+          std::memcpy(dst, grids[static_cast<size_t>(g)].params.codes.data() + static_cast<size_t>(r) * bb, bb);
+          for (int64_t c = 0; c < gs; ++c)
+            block_codes[static_cast<size_t>(c)] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[static_cast<size_t>(g * gs + c)])];
+          layout->set_codes(dst, block_codes.data());
+        }
+      return result;
     }
-    return Status::ok();
-  };
-  QFORGE_RETURN_IF_ERROR(copy_plane(q.scales, &QuantizedTensor::scales));
-  QFORGE_RETURN_IF_ERROR(copy_plane(q.zeros, &QuantizedTensor::zeros));
-  if (options.refit) {
-    // The damped Hessian of the sweep in the original column order, in U's storage (the factor is
-    // no longer needed), so the refit adds no C x C matrix to the peak.
-    for (size_t i = 0; i < C; ++i) {
-      for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[i * C + j] * norm;
-      U[i * C + i] = diag[i] + damp * mean_diag;
+    const size_t row_bytes = q.packed_row_bytes();
+    std::vector<uint8_t> row_codes(C);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (size_t j = 0; j < C; ++j) row_codes[j] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[j])];
+      pack_bits(row_codes.data(), cols, scheme.bits, q.codes.data() + static_cast<size_t>(r) * row_bytes);
     }
-    std::vector<bool> dead(C);
-    for (size_t j = 0; j < C; ++j) dead[j] = sum_xxt[j * C + j] == 0.0;
-    QFORGE_RETURN_IF_ERROR(refit_scales(q, w, dead, U, &obj));
-  }
-  if (pass == 0) {
-    best_obj = obj;
-    continue;
-  }
-  const size_t code_row = q.packed_row_bytes(), scale_row = q.scales.size() / static_cast<size_t>(rows),
-               zero_row = q.zeros.size() / static_cast<size_t>(rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!(obj[static_cast<size_t>(r)] < best_obj[static_cast<size_t>(r)])) continue;
-    best_obj[static_cast<size_t>(r)] = obj[static_cast<size_t>(r)];
-    const size_t ur = static_cast<size_t>(r);
-    std::memcpy(result.q.codes.data() + ur * code_row, q.codes.data() + ur * code_row, code_row);
-    std::memcpy(result.q.scales.data() + ur * scale_row, q.scales.data() + ur * scale_row, scale_row);
-    if (zero_row > 0) std::memcpy(result.q.zeros.data() + ur * zero_row, q.zeros.data() + ur * zero_row, zero_row);
-  }
+    auto copy_plane = [&](std::vector<uint8_t>& dst, auto member) -> Status {
+      if (dst.empty()) return Status::ok();
+      if (n_groups == 1) {
+        const auto& src = grids[0].params.*member;
+        if (src.size() != dst.size()) return Status::error(ErrorCode::internal, "GPTQ: plane size mismatch");
+        dst = src;
+        return Status::ok();
+      }
+      const size_t per = dst.size() / static_cast<size_t>(rows * n_groups);  // bytes per group entry
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const auto& src = grids[static_cast<size_t>(g)].params.*member;
+        if (src.size() != per * static_cast<size_t>(rows)) return Status::error(ErrorCode::internal, "GPTQ: group plane size mismatch");
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(dst.data() + (static_cast<size_t>(r * n_groups + g)) * per, src.data() + static_cast<size_t>(r) * per, per);
+      }
+      return Status::ok();
+    };
+    QFORGE_RETURN_IF_ERROR(copy_plane(q.scales, &QuantizedTensor::scales));
+    QFORGE_RETURN_IF_ERROR(copy_plane(q.zeros, &QuantizedTensor::zeros));
+    if (options.refit) {
+      // The damped Hessian of the sweep in the original column order, in U's storage (the factor is
+      // no longer needed), so the refit adds no C x C matrix to the peak.
+      for (size_t i = 0; i < C; ++i) {
+        for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[i * C + j] * norm;
+        U[i * C + i] = diag[i] + damp * mean_diag;
+      }
+      std::vector<bool> dead(C);
+      for (size_t j = 0; j < C; ++j) dead[j] = sum_xxt[j * C + j] == 0.0;
+      QFORGE_RETURN_IF_ERROR(refit_scales(q, w, dead, U, &obj));
+    }
+    if (pass == 0) {
+      best_obj = obj;
+      continue;
+    }
+    const size_t code_row = q.packed_row_bytes(), scale_row = q.scales.size() / static_cast<size_t>(rows),
+                 zero_row = q.zeros.size() / static_cast<size_t>(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!(obj[static_cast<size_t>(r)] < best_obj[static_cast<size_t>(r)])) continue;
+      best_obj[static_cast<size_t>(r)] = obj[static_cast<size_t>(r)];
+      const size_t ur = static_cast<size_t>(r);
+      std::memcpy(result.q.codes.data() + ur * code_row, q.codes.data() + ur * code_row, code_row);
+      std::memcpy(result.q.scales.data() + ur * scale_row, q.scales.data() + ur * scale_row, scale_row);
+      if (zero_row > 0) std::memcpy(result.q.zeros.data() + ur * zero_row, q.zeros.data() + ur * zero_row, zero_row);
+    }
   }
   return result;
 }
