@@ -254,6 +254,16 @@ struct GptqOptions {
   bool mse_clip = false;
   int clip_grid = 20;
   double clip_max_shrink = 0.5;
+  // After the sweep, per row: least-squares refit of the group scales with every code and
+  // zero-point fixed, minimising the layer objective (w - ŵ)ᵀ H (w - ŵ) with w the original row and
+  // H the damped Hessian of the sweep; the scales are rounded to the format's scale dtype and a
+  // row keeps its old scales unless the rounded refit lowers its objective. int-sym / int-asym
+  // with group or per-channel scales only (gptq_refit_supports).
+  bool refit = false;
+  // With refit: sweeps in all, 1..64 (each later one re-runs the sweep on the previous refit's
+  // scales, then refits again); each row keeps the pass with the lowest objective. 4: the best of
+  // 1, 2, 4, 8 on ref-llama-25m int4-g128-asym (docs/ptq.md).
+  int refit_passes = 4;
 };
 
 // GPTQ (Frantar et al. 2022) of one weight W [rows, cols] with H = 2/n Σ x xᵀ (as `sum_xxt`, the
@@ -273,6 +283,8 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
                                    const double* sum_xxt, int64_t tokens, const GptqOptions& options);
 // Whether gptq_quantize supports `scheme` (format families with per-column-sweepable quantizers).
 bool gptq_supports(const Scheme& scheme);
+// Whether GptqOptions::refit applies to `scheme` (int-sym / int-asym, group or per-channel scales).
+bool gptq_refit_supports(const Scheme& scheme);
 
 class GptqProcessor final : public BlockProcessor {
  public:

@@ -31,6 +31,8 @@ extern "C" {
 // LAPACK (Fortran ABI; the trailing size_t is the hidden length of the character argument).
 void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
 void dpotri_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const int* lda, double* b, const int* ldb,
+            int* info, size_t uplo_len);
 }
 
 namespace qforge {
@@ -145,9 +147,8 @@ Status choose_params(const Scheme& scheme, const float* sub, int64_t rows, int64
 // Finds every code's value in each level table by writing that code into every element of the
 // group (planar: pack_bits into the codes plane; GGUF: the block's code writer, scales untouched)
 // and dequantizing through the table.
-Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
-                  const GptqOptions& options, GroupGrid& g) {
-  QFORGE_RETURN_IF_ERROR(choose_params(scheme, sub, rows, width, h, options, g.params));
+// (build_tables: for g.params as they are, e.g. after a scale refit.)
+Status build_tables(const Scheme& scheme, int64_t rows, int64_t width, GroupGrid& g) {
   const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format);
   int64_t levels = int64_t{1} << scheme.bits;
   g.sub = width;
@@ -200,6 +201,12 @@ Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t 
   return Status::ok();
 }
 
+Status build_grid(const Scheme& scheme, const float* sub, int64_t rows, int64_t width, const float* h,
+                  const GptqOptions& options, GroupGrid& g) {
+  QFORGE_RETURN_IF_ERROR(choose_params(scheme, sub, rows, width, h, options, g.params));
+  return build_tables(scheme, rows, width, g);
+}
+
 // Nearest grid value of row r to x (ties: the lower value); returns its index.
 size_t nearest(const std::vector<float>& vals, double x) {
   auto it = std::lower_bound(vals.begin(), vals.end(), static_cast<float>(x));
@@ -209,7 +216,163 @@ size_t nearest(const std::vector<float>& vals, double x) {
   return (x - vals[lo] <= vals[hi] - x) ? lo : hi;
 }
 
+
+// Least-squares refit of the group scales of `q` (int-sym / int-asym, codes and zero-points fixed).
+// Each weight decodes as s_g * a_i with a_i = (code - zero) (read through the table: the decode with
+// every scale set to 1), so per row the objective f(s) = (w - A s)ᵀ H (w - A s) is a quadratic in the
+// row's G scales. With e0 = w - A s0 (the sweep's residual), M = Aᵀ H A and r = Aᵀ H e0, the optimum
+// is s0 + δ with M δ = r, and a rounded candidate s1 = s0 + δ' changes the objective by exactly
+// δ'ᵀ M δ' - 2 δ'ᵀ r (no cancellation against wᵀ H w). A row takes s1 only when that change is
+// negative. Groups whose codes are all at the zero-point (M_gg = 0) keep their scale.
+// `w0`: the original weights (dead columns zeroed, as the sweep saw them); `H`: the damped Hessian in
+// the original column order, C x C. Rows are independent, so the result does not depend on threads.
+// `objective` (optional) receives each row's final objective.
+Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>& dead, const std::vector<double>& H,
+                    std::vector<double>* objective) {
+  const FormatTraits& t = format_traits(q.scheme.format);
+  const int64_t rows = q.rows, cols = q.cols, G = q.groups_per_row();
+  const int64_t gs = cols / G;
+  const size_t C = static_cast<size_t>(cols), n_scales = static_cast<size_t>(rows * G);
+  const size_t sb = dtype_size(t.scale_dtype);
+  if (q.scales.size() != n_scales * sb || H.size() != C * C)
+    return Status::error(ErrorCode::internal, "GPTQ refit: scale plane of " + q.scheme.name() + " is not [rows, groups]");
+  std::vector<float> s0(n_scales);
+  QFORGE_RETURN_IF_ERROR(convert_to_f32(t.scale_dtype, q.scales.data(), s0.data(), n_scales));
+  std::vector<float> a(static_cast<size_t>(rows) * C), y(static_cast<size_t>(rows) * C);
+  {
+    QuantizedTensor unit = q;
+    const std::vector<float> ones(n_scales, 1.0f);
+    QFORGE_RETURN_IF_ERROR(convert_from_f32(t.scale_dtype, ones.data(), unit.scales.data(), n_scales));
+    QFORGE_RETURN_IF_ERROR(dequantize(unit, a.data()));
+  }
+  QFORGE_RETURN_IF_ERROR(dequantize(q, y.data()));
+  // The premise: the table decodes each weight as (its scale) * (its unit-scale value), exactly
+  // (a is a small integer, the scale a short float: their f32 product is exact).
+  for (int64_t r = 0; r < rows; ++r)
+    for (size_t j = 0; j < C; ++j) {
+      const size_t i = static_cast<size_t>(r) * C + j;
+      const float expect = a[i] * s0[static_cast<size_t>(r * G) + j / static_cast<size_t>(gs)];
+      if (std::memcmp(&expect, &y[i], sizeof(float)) != 0)
+        return Status::error(ErrorCode::internal, "GPTQ refit: " + q.scheme.name() + " does not decode as scale * (code - zero)");
+    }
+
+  // Rows in chunks: E·H and the per-group products A_g·H[g, :] are GEMMs over the chunk.
+  const int64_t chunk = 128;
+  const int64_t cr_max = std::min(chunk, rows);
+  std::vector<double> Ad(static_cast<size_t>(cr_max) * C), E(static_cast<size_t>(cr_max) * C);
+  std::vector<double> EH(static_cast<size_t>(cr_max) * C), Z(static_cast<size_t>(cr_max) * C);
+  std::vector<double> M(static_cast<size_t>(cr_max * G * G));
+  const int ci = static_cast<int>(cols);
+  if (objective != nullptr) objective->assign(static_cast<size_t>(rows), 0.0);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t nr = std::min(chunk, rows - r0);
+    for (int64_t r = 0; r < nr; ++r)
+      for (size_t j = 0; j < C; ++j) {
+        const size_t src = static_cast<size_t>(r0 + r) * C + j, dst = static_cast<size_t>(r) * C + j;
+        Ad[dst] = a[src];
+        E[dst] = (dead[j] ? 0.0 : static_cast<double>(w0[src])) - static_cast<double>(y[src]);
+      }
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), ci, ci, 1.0, E.data(), ci, H.data(), ci,
+                0.0, EH.data(), ci);
+    // M_r[g][h] = Σ_{i∈g, j∈h} a_i H_ij a_j for h >= g, from Z = A[:, g] · H[g, g*gs:].
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * gs, width = cols - c0;
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nr), static_cast<int>(width),
+                  static_cast<int>(gs), 1.0, Ad.data() + c0, ci, H.data() + static_cast<size_t>(c0) * C + static_cast<size_t>(c0), ci,
+                  0.0, Z.data(), ci);
+#pragma omp parallel for schedule(static) if (nr * width > 65536)
+      for (int64_t r = 0; r < nr; ++r) {
+        const double* zr = Z.data() + static_cast<size_t>(r) * C;
+        const double* ar = Ad.data() + static_cast<size_t>(r) * C + c0;
+        for (int64_t h = g; h < G; ++h) {
+          double m = 0;
+          for (int64_t j = (h - g) * gs; j < (h - g + 1) * gs; ++j) m += zr[j] * ar[j];
+          M[static_cast<size_t>((r * G + g) * G + h)] = m;
+          M[static_cast<size_t>((r * G + h) * G + g)] = m;
+        }
+      }
+    }
+#pragma omp parallel
+    {
+      std::vector<double> Ms, rs, delta;
+      std::vector<int64_t> act;
+      std::vector<float> cand;
+      std::vector<uint8_t> bytes;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        const double* Mr = M.data() + static_cast<size_t>(r * G * G);
+        const double* ar = Ad.data() + static_cast<size_t>(r) * C;
+        const double* ehr = EH.data() + static_cast<size_t>(r) * C;
+        const float* s0r = s0.data() + static_cast<size_t>((r0 + r) * G);
+        if (objective != nullptr) {
+          const double* er = E.data() + static_cast<size_t>(r) * C;
+          double f0 = 0;
+          for (size_t j = 0; j < C; ++j) f0 += er[j] * ehr[j];
+          (*objective)[static_cast<size_t>(r0 + r)] = f0;
+        }
+        act.clear();
+        for (int64_t g = 0; g < G; ++g)
+          if (Mr[g * G + g] > 0) act.push_back(g);
+        if (act.empty()) continue;
+        const int n = static_cast<int>(act.size());
+        Ms.assign(static_cast<size_t>(n * n), 0.0);
+        rs.assign(static_cast<size_t>(n), 0.0);
+        for (int u = 0; u < n; ++u) {
+          const int64_t g = act[static_cast<size_t>(u)];
+          for (int v = 0; v < n; ++v) Ms[static_cast<size_t>(u * n + v)] = Mr[g * G + act[static_cast<size_t>(v)]];
+          double acc = 0;
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) acc += ar[i] * ehr[i];
+          rs[static_cast<size_t>(u)] = acc;
+        }
+        std::vector<double> Mcopy = Ms;  // dposv overwrites its matrix with the factor
+        delta = rs;
+        int info = 0;
+        const int one = 1;
+        dposv_("L", &n, &one, Mcopy.data(), &n, delta.data(), &n, &info, 1);
+        if (info != 0) continue;
+        cand.assign(static_cast<size_t>(n), 0.0f);
+        bool usable = true;
+        for (int u = 0; u < n; ++u) {
+          const double s = static_cast<double>(s0r[act[static_cast<size_t>(u)]]) + delta[static_cast<size_t>(u)];
+          cand[static_cast<size_t>(u)] = static_cast<float>(s);
+          if (!std::isfinite(s) || !(s > 0)) usable = false;
+        }
+        if (!usable) continue;
+        // Round to the stored dtype, read back what dequantization will use.
+        bytes.assign(static_cast<size_t>(n) * sb, 0);
+        if (!convert_from_f32(t.scale_dtype, cand.data(), bytes.data(), static_cast<size_t>(n))) continue;
+        if (!convert_to_f32(t.scale_dtype, bytes.data(), cand.data(), static_cast<size_t>(n))) continue;
+        double change = 0;
+        for (int u = 0; u < n; ++u) {
+          const float v = cand[static_cast<size_t>(u)];
+          if (!std::isfinite(v) || !(v > 0)) usable = false;
+          delta[static_cast<size_t>(u)] = static_cast<double>(v) - static_cast<double>(s0r[act[static_cast<size_t>(u)]]);
+        }
+        if (!usable) continue;
+        for (int u = 0; u < n; ++u) {
+          double md = 0;
+          for (int v = 0; v < n; ++v) md += Ms[static_cast<size_t>(u * n + v)] * delta[static_cast<size_t>(v)];
+          change += delta[static_cast<size_t>(u)] * (md - 2.0 * rs[static_cast<size_t>(u)]);
+        }
+        if (!(change < 0)) continue;
+        if (objective != nullptr) (*objective)[static_cast<size_t>(r0 + r)] += change;
+        for (int u = 0; u < n; ++u)
+          std::memcpy(q.scales.data() + (static_cast<size_t>((r0 + r) * G + act[static_cast<size_t>(u)])) * sb,
+                      bytes.data() + static_cast<size_t>(u) * sb, sb);
+      }
+    }
+  }
+  return Status::ok();
+}
+
 }  // namespace
+
+bool gptq_refit_supports(const Scheme& scheme) {
+  const FormatTraits* t = find_format_by_id(scheme.format);
+  if (!t || t->blocks_in_codes || !t->has_scales || scheme.double_quant) return false;
+  if (scheme.granularity != Granularity::group && scheme.granularity != Granularity::channel) return false;
+  return scheme.format == FormatId::int_sym || scheme.format == FormatId::int_asym;
+}
 
 bool gptq_supports(const Scheme& scheme) {
   const FormatTraits* t = find_format_by_id(scheme.format);
@@ -230,6 +393,11 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   if (tokens <= 0) return invalid_argument("GPTQ needs calibration tokens (got " + std::to_string(tokens) + ")");
   if (!(options.damp > 0) || options.block_size <= 0)
     return invalid_argument("GPTQ: damp must be > 0 and block size positive");
+  if (options.refit && (options.refit_passes < 1 || options.refit_passes > 64))
+    return invalid_argument("GPTQ: refit passes must be in [1, 64], got " + std::to_string(options.refit_passes));
+  if (options.refit && !gptq_refit_supports(scheme))
+    return invalid_argument("GPTQ scale refit (--gptq-refit) applies to int-sym / int-asym schemes with group or "
+                            "per-channel scales, not " + scheme.name());
   for (int64_t i = 0; i < rows * cols; ++i)
     if (!std::isfinite(w[i])) return invalid_argument("GPTQ: non-finite weight at index " + std::to_string(i));
 
@@ -302,13 +470,17 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   mean_diag /= static_cast<double>(C);
   double damp = options.damp;
   std::vector<double> U(C * C);
-  for (int attempt = 0;; ++attempt) {
+  // U := the upper Cholesky factor of the permuted damped H's inverse.
+  auto factor = [&](double dmp) {
     for (size_t i = 0; i < C; ++i) {
       const size_t pi = static_cast<size_t>(perm[i]);
       for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[pi * C + static_cast<size_t>(perm[j])] * norm;
-      U[i * C + i] = diag[pi] + damp * mean_diag;
+      U[i * C + i] = diag[pi] + dmp * mean_diag;
     }
-    if (cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols)) break;
+    return cholesky_upper(U, cols) && inverse_from_cholesky(U, cols) && cholesky_upper(U, cols);
+  };
+  for (int attempt = 0;; ++attempt) {
+    if (factor(damp)) break;
     if (attempt >= options.max_damp_raises)
       return Status::error(ErrorCode::internal, "GPTQ: the Hessian stays indefinite with dampening " + std::to_string(damp));
     result.warnings.push_back("Cholesky failed with dampening " + std::to_string(damp) + " of the mean diagonal; retrying with " +
@@ -317,102 +489,150 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   }
   result.damp_used = damp;
 
-  // The column sweep with lazy block updates.
-  std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
-  const int64_t B = options.block_size;
-  std::vector<double> err(static_cast<size_t>(rows * B));
-  double loss = 0;
-  for (int64_t i1 = 0; i1 < cols; i1 += B) {
-    const int64_t i2 = std::min(i1 + B, cols), count = i2 - i1;
-    std::fill(err.begin(), err.end(), 0.0);
-    for (int64_t i = i1; i < i2; ++i) {
-      const int64_t orig = perm[static_cast<size_t>(i)];
-      const int64_t g = orig / gs;
-      if (!grid_ready[static_cast<size_t>(g)]) {
-        // Without act-order, columns arrive in order and a group starts here: its parameters come
-        // from the weights as updated so far.
-        QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
-      }
-      const GroupGrid& grid = grids[static_cast<size_t>(g)];
-      const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
-      for (int64_t r = 0; r < rows; ++r) {
-        double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
-        const std::vector<float>& vals = grid.values(r, orig % gs);
-        const size_t k = nearest(vals, wv);
-        const double q = vals[k];
-        codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.codes_of(r, orig % gs)[k];
-        const double e = (wv - q) / d;
-        loss += (wv - q) * (wv - q) / (d * d);
-        err[static_cast<size_t>(r * B + (i - i1))] = e;
-        // Update the rest of this block now; columns past it wait for the block's GEMM.
-        const double* urow = U.data() + static_cast<size_t>(i) * C;
-        double* wrow = W.data() + static_cast<size_t>(r) * C;
-        for (int64_t j = i + 1; j < i2; ++j) wrow[j] -= e * urow[j];
-        wv = q;
-      }
-    }
-    if (i2 < cols) {
-      // W[:, i2:] -= Err[:, 0:count] · U[i1:i2, i2:]
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols - i2),
-                  static_cast<int>(count), -1.0, err.data(), static_cast<int>(B), U.data() + i1 * cols + i2,
-                  static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
-    }
-  }
-  result.proxy_loss = loss / 2;
-
-  // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
-  // scale/zero planes copied from its parameters.
-  QuantizedTensor& q = result.q;
-  q.scheme = scheme;
-  q.rows = rows;
-  q.cols = cols;
-  const PlaneSizes sizes = scheme_plane_sizes(scheme, rows, cols);
-  q.codes.assign(sizes.codes, 0);
-  q.scales.assign(sizes.scales, 0);
-  q.zeros.assign(sizes.zeros, 0);
-  std::vector<int64_t> pos(C);  // permuted position of each original column
-  for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
-  if (const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format); layout != nullptr) {
-    // GGUF: each block keeps the scales chosen for it and gets the sweep's codes.
-    const size_t bb = grids.empty() ? 0 : grids[0].params.codes.size() / static_cast<size_t>(rows);
-    if (q.codes.size() != bb * static_cast<size_t>(rows * n_groups))
-      return Status::error(ErrorCode::internal, "GPTQ: GGUF block size mismatch");
-    std::vector<uint8_t> block_codes(static_cast<size_t>(gs));
-    for (int64_t r = 0; r < rows; ++r)
+  // With the refit, further passes sweep again on the refit scales (the codes follow the new grid)
+  // and refit again; each row keeps the pass with its lowest objective.
+  const int passes = options.refit ? options.refit_passes : 1;
+  std::vector<double> W_start;
+  if (passes > 1) W_start = W;
+  std::vector<double> best_obj, obj;
+  QuantizedTensor later;
+  for (int pass = 0; pass < passes; ++pass) {
+    if (pass > 0) {
+      W = W_start;
+      if (!factor(damp)) return Status::error(ErrorCode::internal, "GPTQ: the Hessian's factorisation failed on a refit pass");
+      const size_t sb = dtype_size(format_traits(scheme.format).scale_dtype);
       for (int64_t g = 0; g < n_groups; ++g) {
-        uint8_t* dst = q.codes.data() + static_cast<size_t>(r * n_groups + g) * bb;
-        std::memcpy(dst, grids[static_cast<size_t>(g)].params.codes.data() + static_cast<size_t>(r) * bb, bb);
-        for (int64_t c = 0; c < gs; ++c)
-          block_codes[static_cast<size_t>(c)] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[static_cast<size_t>(g * gs + c)])];
-        layout->set_codes(dst, block_codes.data());
+        GroupGrid& grid = grids[static_cast<size_t>(g)];
+        if (grid.params.scales.size() != static_cast<size_t>(rows) * sb)
+          return Status::error(ErrorCode::internal, "GPTQ refit: group parameters are not one scale per row");
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(grid.params.scales.data() + static_cast<size_t>(r) * sb,
+                      result.q.scales.data() + static_cast<size_t>(r * n_groups + g) * sb, sb);
+        QFORGE_RETURN_IF_ERROR(build_tables(scheme, rows, gs, grid));
       }
-    return result;
-  }
-  const size_t row_bytes = q.packed_row_bytes();
-  std::vector<uint8_t> row_codes(C);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < C; ++j) row_codes[j] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[j])];
-    pack_bits(row_codes.data(), cols, scheme.bits, q.codes.data() + static_cast<size_t>(r) * row_bytes);
-  }
-  auto copy_plane = [&](std::vector<uint8_t>& dst, auto member) -> Status {
-    if (dst.empty()) return Status::ok();
-    if (n_groups == 1) {
-      const auto& src = grids[0].params.*member;
-      if (src.size() != dst.size()) return Status::error(ErrorCode::internal, "GPTQ: plane size mismatch");
-      dst = src;
-      return Status::ok();
     }
-    const size_t per = dst.size() / static_cast<size_t>(rows * n_groups);  // bytes per group entry
-    for (int64_t g = 0; g < n_groups; ++g) {
-      const auto& src = grids[static_cast<size_t>(g)].params.*member;
-      if (src.size() != per * static_cast<size_t>(rows)) return Status::error(ErrorCode::internal, "GPTQ: group plane size mismatch");
+    // The column sweep with lazy block updates.
+    std::vector<uint8_t> codes(static_cast<size_t>(rows) * C);  // by permuted column
+    const int64_t B = options.block_size;
+    std::vector<double> err(static_cast<size_t>(rows * B));
+    double loss = 0;
+    for (int64_t i1 = 0; i1 < cols; i1 += B) {
+      const int64_t i2 = std::min(i1 + B, cols), count = i2 - i1;
+      std::fill(err.begin(), err.end(), 0.0);
+      for (int64_t i = i1; i < i2; ++i) {
+        const int64_t orig = perm[static_cast<size_t>(i)];
+        const int64_t g = orig / gs;
+        if (!grid_ready[static_cast<size_t>(g)]) {
+          // Without act-order, columns arrive in order and a group starts here: its parameters come
+          // from the weights as updated so far.
+          QFORGE_RETURN_IF_ERROR(make_grid(g, W, identity));
+        }
+        const GroupGrid& grid = grids[static_cast<size_t>(g)];
+        const double d = U[static_cast<size_t>(i) * C + static_cast<size_t>(i)];
+        for (int64_t r = 0; r < rows; ++r) {
+          double& wv = W[static_cast<size_t>(r) * C + static_cast<size_t>(i)];
+          const std::vector<float>& vals = grid.values(r, orig % gs);
+          const size_t k = nearest(vals, wv);
+          const double q = vals[k];
+          codes[static_cast<size_t>(r) * C + static_cast<size_t>(i)] = grid.codes_of(r, orig % gs)[k];
+          const double e = (wv - q) / d;
+          loss += (wv - q) * (wv - q) / (d * d);
+          err[static_cast<size_t>(r * B + (i - i1))] = e;
+          // Update the rest of this block now; columns past it wait for the block's GEMM.
+          const double* urow = U.data() + static_cast<size_t>(i) * C;
+          double* wrow = W.data() + static_cast<size_t>(r) * C;
+          for (int64_t j = i + 1; j < i2; ++j) wrow[j] -= e * urow[j];
+          wv = q;
+        }
+      }
+      if (i2 < cols) {
+        // W[:, i2:] -= Err[:, 0:count] · U[i1:i2, i2:]
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(cols - i2),
+                    static_cast<int>(count), -1.0, err.data(), static_cast<int>(B), U.data() + i1 * cols + i2,
+                    static_cast<int>(cols), 1.0, W.data() + i2, static_cast<int>(cols));
+      }
+    }
+    if (pass == 0) result.proxy_loss = loss / 2;
+
+    // Assemble the QuantizedTensor in the original column order: codes unpermuted, each group's
+    // scale/zero planes copied from its parameters.
+    QuantizedTensor& q = pass == 0 ? result.q : later;
+    q.scheme = scheme;
+    q.rows = rows;
+    q.cols = cols;
+    const PlaneSizes sizes = scheme_plane_sizes(scheme, rows, cols);
+    q.codes.assign(sizes.codes, 0);
+    q.scales.assign(sizes.scales, 0);
+    q.zeros.assign(sizes.zeros, 0);
+    std::vector<int64_t> pos(C);  // permuted position of each original column
+    for (size_t j = 0; j < C; ++j) pos[static_cast<size_t>(perm[j])] = static_cast<int64_t>(j);
+    if (const formats::GgufCodeLayout* layout = formats::gguf_code_layout(scheme.format); layout != nullptr) {
+      // GGUF: each block keeps the scales chosen for it and gets the sweep's codes.
+      const size_t bb = grids.empty() ? 0 : grids[0].params.codes.size() / static_cast<size_t>(rows);
+      if (q.codes.size() != bb * static_cast<size_t>(rows * n_groups))
+        return Status::error(ErrorCode::internal, "GPTQ: GGUF block size mismatch");
+      std::vector<uint8_t> block_codes(static_cast<size_t>(gs));
       for (int64_t r = 0; r < rows; ++r)
-        std::memcpy(dst.data() + (static_cast<size_t>(r * n_groups + g)) * per, src.data() + static_cast<size_t>(r) * per, per);
+        for (int64_t g = 0; g < n_groups; ++g) {
+          uint8_t* dst = q.codes.data() + static_cast<size_t>(r * n_groups + g) * bb;
+          std::memcpy(dst, grids[static_cast<size_t>(g)].params.codes.data() + static_cast<size_t>(r) * bb, bb);
+          for (int64_t c = 0; c < gs; ++c)
+            block_codes[static_cast<size_t>(c)] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[static_cast<size_t>(g * gs + c)])];
+          layout->set_codes(dst, block_codes.data());
+        }
+      return result;
     }
-    return Status::ok();
-  };
-  QFORGE_RETURN_IF_ERROR(copy_plane(q.scales, &QuantizedTensor::scales));
-  QFORGE_RETURN_IF_ERROR(copy_plane(q.zeros, &QuantizedTensor::zeros));
+    const size_t row_bytes = q.packed_row_bytes();
+    std::vector<uint8_t> row_codes(C);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (size_t j = 0; j < C; ++j) row_codes[j] = codes[static_cast<size_t>(r) * C + static_cast<size_t>(pos[j])];
+      pack_bits(row_codes.data(), cols, scheme.bits, q.codes.data() + static_cast<size_t>(r) * row_bytes);
+    }
+    auto copy_plane = [&](std::vector<uint8_t>& dst, auto member) -> Status {
+      if (dst.empty()) return Status::ok();
+      if (n_groups == 1) {
+        const auto& src = grids[0].params.*member;
+        if (src.size() != dst.size()) return Status::error(ErrorCode::internal, "GPTQ: plane size mismatch");
+        dst = src;
+        return Status::ok();
+      }
+      const size_t per = dst.size() / static_cast<size_t>(rows * n_groups);  // bytes per group entry
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const auto& src = grids[static_cast<size_t>(g)].params.*member;
+        if (src.size() != per * static_cast<size_t>(rows)) return Status::error(ErrorCode::internal, "GPTQ: group plane size mismatch");
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(dst.data() + (static_cast<size_t>(r * n_groups + g)) * per, src.data() + static_cast<size_t>(r) * per, per);
+      }
+      return Status::ok();
+    };
+    QFORGE_RETURN_IF_ERROR(copy_plane(q.scales, &QuantizedTensor::scales));
+    QFORGE_RETURN_IF_ERROR(copy_plane(q.zeros, &QuantizedTensor::zeros));
+    if (options.refit) {
+      // The damped Hessian of the sweep in the original column order, in U's storage (the factor is
+      // no longer needed), so the refit adds no C x C matrix to the peak.
+      for (size_t i = 0; i < C; ++i) {
+        for (size_t j = 0; j < C; ++j) U[i * C + j] = sum_xxt[i * C + j] * norm;
+        U[i * C + i] = diag[i] + damp * mean_diag;
+      }
+      std::vector<bool> dead(C);
+      for (size_t j = 0; j < C; ++j) dead[j] = sum_xxt[j * C + j] == 0.0;
+      QFORGE_RETURN_IF_ERROR(refit_scales(q, w, dead, U, &obj));
+    }
+    if (pass == 0) {
+      best_obj = obj;
+      continue;
+    }
+    const size_t code_row = q.packed_row_bytes(), scale_row = q.scales.size() / static_cast<size_t>(rows),
+                 zero_row = q.zeros.size() / static_cast<size_t>(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!(obj[static_cast<size_t>(r)] < best_obj[static_cast<size_t>(r)])) continue;
+      best_obj[static_cast<size_t>(r)] = obj[static_cast<size_t>(r)];
+      const size_t ur = static_cast<size_t>(r);
+      std::memcpy(result.q.codes.data() + ur * code_row, q.codes.data() + ur * code_row, code_row);
+      std::memcpy(result.q.scales.data() + ur * scale_row, q.scales.data() + ur * scale_row, scale_row);
+      if (zero_row > 0) std::memcpy(result.q.zeros.data() + ur * zero_row, q.zeros.data() + ur * zero_row, zero_row);
+    }
+  }
   return result;
 }
 

@@ -254,6 +254,10 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
   cmd->add_flag("--gptq-clip", c.gptq.mse_clip,
                 "[gptq] MSE-optimal clipping: per row and group the clip ratio (1 down to 0.5 in steps of 0.05) "
                 "minimising the Hessian-diagonal-weighted error, chosen before the sweep");
+  cmd->add_flag("--gptq-refit", c.gptq.refit,
+                "[gptq] After the sweep, least-squares refit of each row's group scales with the codes fixed, "
+                "minimising the Hessian-weighted layer error, then 3 more sweep + refit passes on the refit scales, "
+                "each row keeping its best (int-sym / int-asym group or per-channel schemes)");
   cmd->add_option("--gptq-block", c.gptq.block_size, "[gptq] Lazy-update block width in columns (default 128)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_flag("!--no-sequential", c.gptq.sequential,
@@ -294,6 +298,9 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
           return fail(invalid_argument(std::string(name) + " applies to --format packed; GGUF output takes --type "
                                                            "and --tensor-type"));
       if (opt->gguf.type.empty()) return fail(invalid_argument("--format gguf needs --type (e.g. --type Q4_K_M)"));
+      if (given("--gptq-refit"))
+        return fail(invalid_argument("--gptq-refit applies to int-sym / int-asym schemes with group or per-channel scales, "
+                                     "not the GGUF block types of --format gguf"));
       opt->gguf.input = opt->input;
       opt->gguf.output = opt->output;
       if (calibrated) {  // GPTQ / AWQ into the preset's GGUF types (cmd_quantize_calib.cpp)
@@ -330,13 +337,13 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
       if (opt->format == "gptq" || opt->format == "awq")
         return fail(invalid_argument("--format " + opt->format + " needs --calib FILE (calibrated pipeline)"));
       for (const char* name : {"--calib-windows", "--calib-ctx", "--seed", "--damp", "--act-order", "--gptq-block", "--gptq-clip",
-                               "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer",
+                               "--gptq-refit", "--no-sequential", "--calib-batch", "--calib-hidden", "--resume", "--tokenizer",
                                "--act-scheme", "--act-observer", "--alpha", "--awq-grid", "--no-awq-clip"})
         if (given(name)) return fail(invalid_argument(std::string(name) + " applies to calibrated quantization (--calib)"));
     } else {
       const std::string& m = opt->calib.method;
       if (m != "gptq" && m != "awq+gptq")
-        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--gptq-clip", "--no-sequential"})
+        for (const char* name : {"--damp", "--act-order", "--gptq-block", "--gptq-clip", "--gptq-refit", "--no-sequential"})
           if (given(name)) return fail(invalid_argument(std::string(name) + " applies to --method gptq or awq+gptq"));
       if (m != "smoothquant" && given("--alpha")) return fail(invalid_argument("--alpha applies to --method smoothquant"));
       if (m != "awq" && m != "awq+gptq")
@@ -352,6 +359,9 @@ void add_quantize_command(CLI::App& app, int* exit_code) {
     Expected<std::vector<Scheme>> schemes = parse_schemes({opt->scheme}, "--scheme");
     if (!schemes) return fail(schemes.status());
     req.scheme = schemes->front();
+    if (given("--gptq-refit") && !gptq_refit_supports(req.scheme))
+      return fail(invalid_argument("--gptq-refit applies to int-sym / int-asym schemes with group or per-channel scales, "
+                                   "not --scheme " + req.scheme.name()));
     Expected<std::optional<std::regex>> filter = compile_regex(opt->filter, "--filter");
     if (!filter) return fail(filter.status());
     Expected<std::optional<std::regex>> keep = compile_regex(opt->keep, "--keep");

@@ -83,6 +83,8 @@ std::string fingerprint(const CalibratedQuantizeRequest& req, const SafetensorsC
   if (req.method == "gptq" || req.method == "awq+gptq")
     j["gptq"] = {req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.sequential, req.gptq.mse_clip,
                  req.gptq.clip_grid, req.gptq.clip_max_shrink};
+  // Appended only when set, so fingerprints of runs without the refit stay as they were.
+  if ((req.method == "gptq" || req.method == "awq+gptq") && req.gptq.refit) j["gptq_refit_passes"] = req.gptq.refit_passes;
   return sha256_hex(j.dump());
 }
 
@@ -489,6 +491,8 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
   if (gptq) {
     command += " --damp " + format_fixed(req.gptq.damp, 4);
     if (req.gptq.act_order) command += " --act-order";
+    if (req.gptq.mse_clip) command += " --gptq-clip";
+    if (req.gptq.refit) command += " --gptq-refit";
     if (!req.gptq.sequential) command += " --no-sequential";
   }
   if (req.selection.filter) command += " --filter " + shell_quote(req.selection.filter_pattern);
@@ -504,6 +508,7 @@ Expected<QuantizeSummary> quantize_calibrated(const CalibratedQuantizeRequest& r
     QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.act_order", req.gptq.act_order ? "true" : "false"));
     QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.static_groups", req.gptq.act_order ? "true" : "false"));
     QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.sequential", req.gptq.sequential ? "true" : "false"));
+    if (req.gptq.refit) QFORGE_RETURN_IF_ERROR(writer.set_metadata("gptq.refit_passes", std::to_string(req.gptq.refit_passes)));
   }
   std::map<std::string, const QuantizedTensor*> by_name;
   for (const auto& [site, q] : *results) by_name[site_tensor_name(arch, site)] = &q;
