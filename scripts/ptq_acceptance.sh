@@ -31,7 +31,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$OUT"
 CAL="--calib-windows $CALIB_WINDOWS --calib-ctx 512 --seed 0"
 
-ALL_ROWS="rtn4 rtn3 gptq4 gptq3 gptqao4 gptqao3 awq4 awq3 awqg4 awqg3 best4 best3 gptqaoclip4 gptqaoclip3
+ALL_ROWS="rtn4 rtn3 gptq4 gptq3 gptqao4 gptqao3 awq4 awq3 awqg4 awqg3 best4 best3 gptqaoclip4 gptqaoclip3 gptqaocliprefit4 gptqaocliprefit3
 w8a8dyn w8a8static sqstatic
 g18-Q4_0 g18-Q4_0-im g18-Q4_0-gptq g18-Q4_K_M g18-Q4_K_M-im g18-Q4_K_M-gptq g18-Q3_K_M g18-Q3_K_M-im g18-Q3_K_M-gptq"
 
@@ -53,6 +53,8 @@ row_spec() {
     best3) echo "$M|AWQ + GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method awq+gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip4) echo "$M|GPTQ + act-order + MSE clip|int4-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip3) echo "$M|GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaocliprefit4) echo "$M|GPTQ + act-order + MSE clip + scale refit|int4-g128-asym|quantize $M --method gptq --act-order --gptq-clip --gptq-refit --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaocliprefit3) echo "$M|GPTQ + act-order + MSE clip + scale refit|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --gptq-refit --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip[34]-d*)  # dampening variants: gptqaoclip4-d0.001 = --damp 0.001
       local bits=${r:10:1} damp=${r#*-d}
       echo "$M|GPTQ + act-order + MSE clip, damp $damp|int$bits-g128-asym|quantize $M --method gptq --act-order --gptq-clip --damp $damp --scheme int$bits-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;

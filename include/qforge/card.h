@@ -106,6 +106,8 @@ struct CardGptq {
   bool act_order = false;
   bool static_groups = false;
   bool sequential = false;
+  bool mse_clip = false;     // --gptq-clip (absent in cards written before it was recorded: false)
+  int64_t refit_passes = 0;  // --gptq-refit: sweep + scale-refit passes; 0 = no refit
 };
 struct CardAwq {
   int grid = 0;

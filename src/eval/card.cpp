@@ -177,7 +177,9 @@ std::string card_to_json(const Card& c) {
                               {"block_size", m.gptq->block_size},
                               {"act_order", m.gptq->act_order},
                               {"static_groups", m.gptq->static_groups},
-                              {"sequential", m.gptq->sequential}}
+                              {"sequential", m.gptq->sequential},
+                              {"mse_clip", m.gptq->mse_clip},
+                              {"refit_passes", m.gptq->refit_passes}}
                       : ojson(nullptr);
   mj["awq"] = m.awq ? ojson{{"grid", m.awq->grid},
                             {"clip", m.awq->clip},
@@ -504,6 +506,14 @@ Expected<Card> card_from_json(const std::string& text, const std::string& label)
     QFORGE_ASSIGN_OR_RETURN(v.act_order, r.boolean(*g, "method.gptq", "act_order"));
     QFORGE_ASSIGN_OR_RETURN(v.static_groups, r.boolean(*g, "method.gptq", "static_groups"));
     QFORGE_ASSIGN_OR_RETURN(v.sequential, r.boolean(*g, "method.gptq", "sequential"));
+    // Recorded since the card's first version; optional so older cards still read.
+    if (g->contains("mse_clip")) {
+      QFORGE_ASSIGN_OR_RETURN(v.mse_clip, r.boolean(*g, "method.gptq", "mse_clip"));
+    }
+    if (g->contains("refit_passes")) {
+      QFORGE_ASSIGN_OR_RETURN(v.refit_passes, r.integer(*g, "method.gptq", "refit_passes"));
+      if (v.refit_passes < 0) return r.fail("method.gptq.refit_passes", "must be >= 0");
+    }
     cm.gptq = v;
   }
   QFORGE_ASSIGN_OR_RETURN(const ojson* a, r.object(*m, "method", "awq", true));

@@ -109,6 +109,8 @@ std::vector<std::pair<std::string, std::string>> method_rows(const Card& c) {
     rows.emplace_back("GPTQ act-order", m.gptq->act_order ? "yes" : "no");
     rows.emplace_back("GPTQ static groups", m.gptq->static_groups ? "yes" : "no");
     rows.emplace_back("GPTQ true-sequential", m.gptq->sequential ? "yes" : "no");
+    rows.emplace_back("GPTQ MSE-optimal clipping", m.gptq->mse_clip ? "yes" : "no");
+    rows.emplace_back("GPTQ scale refit", m.gptq->refit_passes > 0 ? std::to_string(m.gptq->refit_passes) + " passes" : "no");
   }
   if (m.awq) {
     rows.emplace_back("AWQ alpha grid", std::to_string(m.awq->grid) + " points");

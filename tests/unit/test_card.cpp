@@ -84,6 +84,33 @@ TEST(Card, JsonRoundTripIsExactAndValidatesAgainstTheSchema) {
     }
 }
 
+TEST(Card, GptqParametersRoundTripAndOlderCardsStillRead) {
+  Card c = synthetic_card(false, false);
+  c.method.name = "gptq";
+  c.method.gptq = CardGptq{0.01, 128, true, true, true, true, 4};
+  const std::string json = card_to_json(c);
+  EXPECT_EQ(schema_errors(json), "");
+  Expected<Card> back = card_from_json(json, "x.card.json");
+  ASSERT_TRUE(back.has_value()) << back.status().message();
+  ASSERT_TRUE(back->method.gptq.has_value());
+  EXPECT_TRUE(back->method.gptq->mse_clip);
+  EXPECT_EQ(back->method.gptq->refit_passes, 4);
+  EXPECT_NE(render_card_markdown(*back).find("4 passes"), std::string::npos);
+  // A card written before clipping and refit were recorded: both read as off.
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(json);
+  j["method"]["gptq"].erase("mse_clip");
+  j["method"]["gptq"].erase("refit_passes");
+  EXPECT_EQ(schema_errors(j.dump()), "");
+  Expected<Card> old = card_from_json(j.dump(), "old.card.json");
+  ASSERT_TRUE(old.has_value()) << old.status().message();
+  EXPECT_FALSE(old->method.gptq->mse_clip);
+  EXPECT_EQ(old->method.gptq->refit_passes, 0);
+  j["method"]["gptq"]["refit_passes"] = -1;
+  Expected<Card> bad = card_from_json(j.dump(), "bad.card.json");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.status().message().find("refit_passes"), std::string::npos) << bad.status().message();
+}
+
 TEST(Card, RenderingIsDeterministicEscapedAndHasThreeCharts) {
   const Card c = synthetic_card(true, true);
   const std::string html = render_card_html(c);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "qforge/card.h"
 #include "qforge/imatrix.h"
 #include "qforge/model.h"
 #include "qforge/packed.h"
@@ -129,6 +130,35 @@ TEST(PtqCli, AwqAndSmoothQuantResumeAfterCrashAreByteIdentical) {
     EXPECT_TRUE(bytes_a == bytes_b) << args << ": resumed output differs (" << bytes_a.size() << " vs "
                                     << bytes_b.size() << " bytes)";
   }
+}
+
+TEST(PtqCli, GptqClipAndRefitAreRecordedAndResumeByteIdentical) {
+  QFORGE_REQUIRE_SHARED("models/hf-goldens/llama-gqa-untied");
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const Fixture f = make_fixture();
+  const std::string args = "--method gptq --scheme int4-g32-asym --act-order --gptq-clip --gptq-refit";
+  const std::string a = f.dir + "/refit-a.safetensors", b = f.dir + "/refit-b.safetensors";
+  std::string log;
+  ASSERT_EQ(run_command(calib_cmd(f, a, args), &log), 0) << log;
+  EXPECT_NE(run_command("QFORGE_QUANTIZE_CRASH_AFTER_BLOCK=0 " + calib_cmd(f, b, args), &log), 0) << log;
+  ASSERT_NE(run_command(calib_cmd(f, b, "--method gptq --scheme int4-g32-asym --act-order --gptq-clip --resume"), &log), 0);
+  EXPECT_NE(log.find("different run"), std::string::npos) << log;  // the refit is part of the fingerprint
+  ASSERT_EQ(run_command(calib_cmd(f, b, args + " --resume"), &log), 0) << log;
+  EXPECT_TRUE(read_bytes(a) == read_bytes(b)) << "resumed output differs";
+
+  auto pf = PackedFile::open(a);
+  ASSERT_TRUE(pf.has_value()) << pf.status().message();
+  const auto meta = pf->user_metadata();
+  ASSERT_TRUE(meta.count("gptq.refit_passes"));
+  EXPECT_EQ(meta.at("gptq.refit_passes"), "4");
+  EXPECT_NE(pf->manifest_command().find("--gptq-clip"), std::string::npos) << pf->manifest_command();
+  EXPECT_NE(pf->manifest_command().find("--gptq-refit"), std::string::npos) << pf->manifest_command();
+  Expected<Card> card = card_from_json(read_bytes(a + ".card.json"), "card");
+  ASSERT_TRUE(card.has_value()) << card.status().message();
+  ASSERT_TRUE(card->method.gptq.has_value());
+  EXPECT_TRUE(card->method.gptq->act_order);
+  EXPECT_TRUE(card->method.gptq->mse_clip);
+  EXPECT_EQ(card->method.gptq->refit_passes, 4);
 }
 
 TEST(PtqCli, GptqIntoGgufReloadsMatchesPackedAndBeatsRtn) {

@@ -458,7 +458,10 @@ void describe_calibrated_method(CardMethod& m, const CalibratedQuantizeRequest& 
   const bool gptq = req.method == "gptq" || req.method == "awq+gptq";
   const bool awq = req.method == "awq" || req.method == "awq+gptq";
   m.error_reference = rescales_weights(req.method) ? "rescaled" : "source";
-  if (gptq) m.gptq = CardGptq{req.gptq.damp, req.gptq.block_size, req.gptq.act_order, req.gptq.act_order, req.gptq.sequential};
+  if (gptq)
+    m.gptq = CardGptq{req.gptq.damp,       req.gptq.block_size, req.gptq.act_order,
+                      req.gptq.act_order,  req.gptq.sequential, req.gptq.mse_clip,
+                      req.gptq.refit ? int64_t{req.gptq.refit_passes} : 0};
   if (awq) m.awq = CardAwq{req.awq.grid, req.awq.clip, req.awq.clip_grid, req.awq.max_shrink};
   if (req.method == "smoothquant") m.smoothquant_alpha = req.alpha;
   if (req.act_scheme != "none" && !req.act_scheme.empty())
