@@ -55,12 +55,18 @@ row_spec() {
     gptqaoclip3) echo "$M|GPTQ + act-order + MSE clip|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaocliprefit4) echo "$M|GPTQ + act-order + MSE clip + scale refit|int4-g128-asym|quantize $M --method gptq --act-order --gptq-clip --gptq-refit --scheme int4-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaocliprefit3) echo "$M|GPTQ + act-order + MSE clip + scale refit|int3-g128-asym|quantize $M --method gptq --act-order --gptq-clip --gptq-refit --scheme int3-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
+    gptqaocliprefit[34]-d*)  # gptqaocliprefit4-d0.001 = --damp 0.001
+      local bits=${r:15:1} damp=${r#*-d}
+      echo "$M|GPTQ + act-order + MSE clip + scale refit, damp $damp|int$bits-g128-asym|quantize $M --method gptq --act-order --gptq-clip --gptq-refit --damp $damp --scheme int$bits-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     gptqaoclip[34]-d*)  # dampening variants: gptqaoclip4-d0.001 = --damp 0.001
       local bits=${r:10:1} damp=${r#*-d}
       echo "$M|GPTQ + act-order + MSE clip, damp $damp|int$bits-g128-asym|quantize $M --method gptq --act-order --gptq-clip --damp $damp --scheme int$bits-g128-asym --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8dyn) echo "$M|W8A8, int8 per-token dynamic|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-token-dyn --calib $M/calibration.txt $CAL|safetensors" ;;
     w8a8static) echo "$M|W8A8, int8 per-tensor static (minmax)|int8-ch-sym|quantize $M --method rtn --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
     sqstatic) echo "$M|SmoothQuant α=0.5 + W8A8 static|int8-ch-sym|quantize $M --method smoothquant --alpha 0.5 --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
+    sqstatic-a*)  # migration strength variants: sqstatic-a0.75 = --alpha 0.75
+      local alpha=${r#sqstatic-a}
+      echo "$M|SmoothQuant α=$alpha + W8A8 static|int8-ch-sym|quantize $M --method smoothquant --alpha $alpha --scheme int8-ch-sym --act-scheme int8-tensor-static --calib $M/calibration.txt $CAL|safetensors" ;;
     g18-*)
       local t=${r#g18-} extra="" label
       case $t in
