@@ -13,6 +13,7 @@
 #include <cmath>
 #include <random>
 
+#include "gptq_test_layers.h"
 #include "qforge/ptq.h"
 #include "test_support.h"
 
@@ -21,41 +22,11 @@ namespace {
 using test::cli_path;
 using test::run_command;
 
-struct Layer {
-  int64_t rows = 0, cols = 0, tokens = 0;
-  std::vector<float> w;     // [rows, cols]
-  std::vector<float> x;     // [tokens, cols]
-  std::vector<double> xtx;  // [cols, cols]
-};
+using Layer = test::GptqLayer;
 
-// Correlated inputs of varied column scale (a few latent factors plus noise), normal weights.
+// 12 latent factors (the data these tests were written against).
 Layer make_layer(int64_t rows, int64_t cols, int64_t tokens, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n01(0.0f, 1.0f);
-  Layer L{rows, cols, tokens, {}, {}, {}};
-  L.w.resize(static_cast<size_t>(rows * cols));
-  for (auto& v : L.w) v = n01(rng);
-  const int64_t k = 12;
-  std::vector<float> mix(static_cast<size_t>(k * cols)), scale(static_cast<size_t>(cols));
-  for (auto& v : mix) v = n01(rng);
-  for (auto& s : scale) s = std::exp(0.7f * n01(rng));
-  L.x.resize(static_cast<size_t>(tokens * cols));
-  for (int64_t t = 0; t < tokens; ++t) {
-    float z[k];
-    for (auto& v : z) v = n01(rng);
-    for (int64_t c = 0; c < cols; ++c) {
-      float v = 0.3f * n01(rng);
-      for (int64_t j = 0; j < k; ++j) v += z[j] * mix[static_cast<size_t>(j * cols + c)];
-      L.x[static_cast<size_t>(t * cols + c)] = v * scale[static_cast<size_t>(c)];
-    }
-  }
-  L.xtx.assign(static_cast<size_t>(cols * cols), 0.0);
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t i = 0; i < cols; ++i) {
-      const double xi = L.x[static_cast<size_t>(t * cols + i)];
-      for (int64_t j = 0; j < cols; ++j) L.xtx[static_cast<size_t>(i * cols + j)] += xi * L.x[static_cast<size_t>(t * cols + j)];
-    }
-  return L;
+  return test::make_gptq_layer(rows, cols, tokens, seed, 12);
 }
 
 // The damped Hessian the sweep used: 2/n XᵀX + damp * mean(diag) * I (no dead inputs here).
