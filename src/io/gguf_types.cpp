@@ -116,15 +116,19 @@ Expected<uint64_t> ggml_tensor_nbytes(GgmlType type, std::span<const int64_t> ne
   if (info == nullptr) return invalid_argument("ggml type id " + std::to_string(static_cast<uint32_t>(type)) + " is not known");
   // The product of the non-zero dimensions must fit too: an empty tensor's shape still feeds code
   // that multiplies dimensions in another order (strides, numel), which must not overflow either.
-  uint64_t numel = 1;
   uint64_t nonzero = 1;
+  bool has_zero = false;
   for (size_t i = 0; i < ne.size(); ++i) {
     if (ne[i] < 0) return invalid_argument("dimension ne[" + std::to_string(i) + "] = " + std::to_string(ne[i]) + " is negative");
     const uint64_t d = static_cast<uint64_t>(ne[i]);
-    numel *= d;  // cannot overflow: bounded by `nonzero` below, or zero
-    if (d != 0 && (mul_overflows(nonzero, d, &nonzero) || nonzero > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+    if (d == 0) {
+      has_zero = true;
+      continue;
+    }
+    if (mul_overflows(nonzero, d, &nonzero) || nonzero > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
       return out_of_range("element count overflows int64");
   }
+  const uint64_t numel = has_zero ? 0 : nonzero;
   const int64_t ne0 = ne.empty() ? 1 : ne[0];
   if (ne0 % info->block_size != 0)
     return invalid_argument("ne[0] = " + std::to_string(ne0) + " (the row length) is not a multiple of " +
