@@ -294,7 +294,7 @@ Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>
     }
 #pragma omp parallel
     {
-      std::vector<double> Ms, rs, delta;
+      std::vector<double> Ms, Mfactor, rs, delta;
       std::vector<int64_t> act;
       std::vector<float> cand;
       std::vector<uint8_t> bytes;
@@ -324,11 +324,11 @@ Status refit_scales(QuantizedTensor& q, const float* w0, const std::vector<bool>
           for (int64_t i = g * gs; i < (g + 1) * gs; ++i) acc += ar[i] * ehr[i];
           rs[static_cast<size_t>(u)] = acc;
         }
-        std::vector<double> Mcopy = Ms;  // dposv overwrites its matrix with the factor
+        Mfactor = Ms;  // dposv overwrites its matrix with the factor
         delta = rs;
         int info = 0;
         const int one = 1;
-        dposv_("L", &n, &one, Mcopy.data(), &n, delta.data(), &n, &info, 1);
+        dposv_("L", &n, &one, Mfactor.data(), &n, delta.data(), &n, &info, 1);
         if (info != 0) continue;
         cand.assign(static_cast<size_t>(n), 0.0f);
         bool usable = true;
@@ -489,8 +489,9 @@ Expected<GptqResult> gptq_quantize(const Scheme& scheme, const float* w, int64_t
   }
   result.damp_used = damp;
 
-  // With the refit, further passes sweep again on the refit scales (the codes follow the new grid)
-  // and refit again; each row keeps the pass with its lowest objective.
+  // With the refit, further passes sweep again on the scales kept so far (each row's best refit
+  // scales; the codes follow the new grid) and refit again; each row keeps the pass with its lowest
+  // objective.
   const int passes = options.refit ? options.refit_passes : 1;
   std::vector<double> W_start;
   if (passes > 1) W_start = W;
