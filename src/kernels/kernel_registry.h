@@ -4,7 +4,9 @@
 // registry (no switch over formats anywhere else).
 //
 // Packed layouts (row r starts at data + r * row_stride):
-//   q8_0, q4_0, q4_k, q6_k, f16, bf16: the GGUF blocks / 2-byte values of the row, as stored.
+//   q4_0, q8_0, q4_k:  groups of 8 rows interleaved (kernels/interleave_x8.h); group g starts at
+//                      data + g * group_stride.
+//   q6_k, f16, bf16:   the GGUF blocks / 2-byte values of the row, as stored.
 //   int8 (W8A8):  [f32 scale][28 bytes pad][int8 q, zero-padded to a multiple of 32]
 //   int4 (asym):  per group [f32 scale][f32 zero-point] (groups_per_row pairs), then per 32
 //                 elements 16 bytes: byte j holds element j (low nibble) and j + 16 (high nibble).
@@ -42,6 +44,7 @@ struct WeightView {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t group = 0;  // int4: group length (a multiple of 32)
+  size_t group_stride = 0;  // x8 layouts: bytes per group of 8 rows (row_stride is then unused)
 };
 
 // Computes y[t * ldy + r] for r in [r0, r1), t in [0, n_tokens) from activation rows
@@ -64,11 +67,25 @@ void register_avx512_kernels();
 void register_avx512vnni_kernels();
 void register_avx512bf16_kernels();
 
-// Activation quantization, shared by every ISA so all variants see identical activations.
-// Deterministic scalar code: d = absmax / 127, q = round-half-away(x / d) via x * (1 / d).
+// Activation quantization. The scalar functions are the specification: d = absmax / 127,
+// q = round-half-away(x * (1 / d)) clamped to +-127. The _x2 forms also quantize the residual
+// r = fma(-d, q, x) the same way into `residual` (the int8x2 second term).
 void quantize_act_q8_32(const float* x, int64_t cols, ActQ8Block* out);
 void quantize_act_q8_k(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out);
 void quantize_act_q8_row(const float* x, int64_t cols, uint8_t* out);  // header + padded codes
+void quantize_act_q8_32_x2(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual);
+void quantize_act_q8_k_x2(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out, formats::gguf::BlockQ8_K* residual);
+
+// Vectorised activation quantizers of an ISA level, bit-identical to the scalar ones (tested);
+// `residual` null = one term. A null slot falls back to the next lower level, then to scalar.
+struct ActQuantizers {
+  void (*q8_32)(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) = nullptr;
+  void (*q8_k)(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out, formats::gguf::BlockQ8_K* residual) = nullptr;
+};
+ActQuantizers* act_quantizer_slot(Isa isa);
+void register_avx2_act_quantizers();
+// The quantizers `isa` uses (after fallback; scalar = the specification).
+ActQuantizers act_quantizers_for(Isa isa);
 
 // Decoding helpers shared by the scalar kernels and packing.
 float half_to_float(uint16_t h);

@@ -184,6 +184,8 @@ SeenActivations seen_activations(const Scheme& s, kernels::ActPrecision p, const
     quantize_dequantize_act(s, xr, cols, hi);
     if (p == kernels::ActPrecision::int8x2) {
       std::vector<float> r(static_cast<size_t>(cols));
+      // The kernels' residual is fma(-d, q, x); x - hi (hi = d q rounded) is within an ulp of it,
+      // which the bounds below do not notice.
       for (int64_t i = 0; i < cols; ++i) r[static_cast<size_t>(i)] = xr[i] - hi[i];
       quantize_dequantize_act(s, r.data(), cols, a.lo.data() + t * cols);
     }

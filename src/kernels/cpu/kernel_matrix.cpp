@@ -3,12 +3,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
 
+#include "kernels/interleave_x8.h"
 #include "kernels/kernel_registry.h"
 #include "qforge/dtype.h"
 
@@ -41,7 +43,7 @@ const Registry& registry() {
     // when the CPU has them.
     const int level = static_cast<int>(cpu_isa());
     register_ref_kernels();
-    if (level >= static_cast<int>(Isa::avx2)) register_avx2_kernels();
+    if (level >= static_cast<int>(Isa::avx2)) register_avx2_kernels(), register_avx2_act_quantizers();
     if (level >= static_cast<int>(Isa::avx512)) register_avx512_kernels();
     if (level >= static_cast<int>(Isa::avx512vnni)) register_avx512vnni_kernels();
     if (level >= static_cast<int>(Isa::avx512bf16)) register_avx512bf16_kernels();
@@ -56,6 +58,23 @@ const KernelEntry* find_entry(FormatId f) {
 }
 
 }  // namespace
+
+ActQuantizers* act_quantizer_slot(Isa isa) {
+  static ActQuantizers slots[kIsaCount];
+  return &slots[static_cast<int>(isa)];
+}
+
+ActQuantizers act_quantizers_for(Isa isa) {
+  (void)registry();  // the slots are filled with the kernels
+  ActQuantizers out{quantize_act_q8_32_x2, quantize_act_q8_k_x2};
+  bool have_32 = false, have_k = false;
+  for (int i = static_cast<int>(isa); i > 0; --i) {
+    const ActQuantizers* a = act_quantizer_slot(static_cast<Isa>(i));
+    if (!have_32 && a->q8_32 != nullptr) out.q8_32 = a->q8_32, have_32 = true;
+    if (!have_k && a->q8_k != nullptr) out.q8_k = a->q8_k, have_k = true;
+  }
+  return out;
+}
 
 KernelEntry* registry_entry(FormatId format) {
   for (KernelEntry& e : registry_storage().entries)
@@ -229,26 +248,44 @@ struct KernelMatrix::Impl {
     switch (entry->act) {
       case ActKind::q8_32: {
         const auto* a = reinterpret_cast<const ActQ8Block*>(act);
-        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - a[i / 32].d * static_cast<float>(a[i / 32].qs[i % 32]);
+        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-a[i / 32].d, static_cast<float>(a[i / 32].qs[i % 32]), x[i]);
         break;
       }
       case ActKind::q8_k: {
         const auto* a = reinterpret_cast<const gg::BlockQ8_K*>(act);
-        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - a[i / 256].d * static_cast<float>(a[i / 256].qs[i % 256]);
+        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-a[i / 256].d, static_cast<float>(a[i / 256].qs[i % 256]), x[i]);
         break;
       }
       case ActKind::q8_row: {
         float d;
         std::memcpy(&d, act, sizeof d);
         const auto* q = reinterpret_cast<const int8_t*>(act + kRowHeader);
-        for (int64_t i = 0; i < cols; ++i) r[i] = x[i] - d * static_cast<float>(q[i]);
+        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-d, static_cast<float>(q[i]), x[i]);
         break;
       }
       default: break;
     }
   }
 
-  void run(const float* x, int64_t n, float* y, TileFn tile, bool threaded) const;
+  // Token x into activation rows hi and (int8x2, else null) lo.
+  void prepare_token(const float* x, uint8_t* hi, uint8_t* lo, const ActQuantizers& aq) const {
+    if (entry->act == ActKind::q8_32) {
+      aq.q8_32(x, view.cols, reinterpret_cast<ActQ8Block*>(hi), reinterpret_cast<ActQ8Block*>(lo));
+      return;
+    }
+    if (entry->act == ActKind::q8_k) {
+      aq.q8_k(x, view.cols, reinterpret_cast<gg::BlockQ8_K*>(hi), reinterpret_cast<gg::BlockQ8_K*>(lo));
+      return;
+    }
+    prepare_row(x, hi);
+    if (lo == nullptr) return;
+    thread_local std::vector<float> r;
+    r.resize(static_cast<size_t>(view.cols));
+    residual(x, hi, r.data());
+    prepare_row(r.data(), lo);
+  }
+
+  void run(const float* x, int64_t n, float* y, TileFn tile, bool threaded, Isa isa) const;
 };
 
 namespace {
@@ -265,7 +302,7 @@ static_assert(kTokenBlock % 2 == 0);
 
 }  // namespace
 
-void KernelMatrix::Impl::run(const float* x, int64_t n, float* y, TileFn tile, bool threaded) const {
+void KernelMatrix::Impl::run(const float* x, int64_t n, float* y, TileFn tile, bool threaded, Isa isa) const {
   if (n <= 0 || view.rows <= 0) return;
   const size_t stride = act_stride();
   // Integer activations with the residual term: token t becomes activation rows 2t (x quantized)
@@ -277,19 +314,11 @@ void KernelMatrix::Impl::run(const float* x, int64_t n, float* y, TileFn tile, b
     act = reinterpret_cast<const uint8_t*>(x);  // used in place
   } else {
     uint8_t* buf = act_scratch(stride * static_cast<size_t>(act_rows));
+    const ActQuantizers aq = act_quantizers_for(isa);
 #pragma omp parallel for schedule(static) if (threaded && n >= 4)
     for (int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * view.cols;
-      if (!two_terms) {
-        prepare_row(xt, buf + static_cast<size_t>(t) * stride);
-        continue;
-      }
-      uint8_t* hi = buf + static_cast<size_t>(2 * t) * stride;
-      prepare_row(xt, hi);
-      thread_local std::vector<float> r;
-      r.resize(static_cast<size_t>(view.cols));
-      residual(xt, hi, r.data());
-      prepare_row(r.data(), hi + stride);
+      uint8_t* hi = buf + static_cast<size_t>(two_terms ? 2 * t : t) * stride;
+      prepare_token(x + t * view.cols, hi, two_terms ? hi + stride : nullptr, aq);
     }
     act = buf;
   }
@@ -405,6 +434,12 @@ Expected<KernelMatrix> KernelMatrix::create(const QuantizedTensor& q, ActPrecisi
         byte = static_cast<uint8_t>(byte | ((c % 32) < 16 ? code : code << 4));
       }
     }
+  } else if (has_x8_layout(q.scheme.format)) {
+    const int64_t groups = (q.rows + kX8 - 1) / kX8;
+    v.group_stride = x8_group_bytes(q.scheme.format, q.cols);
+    v.row_stride = src_row;
+    impl->data.allocate(v.group_stride * static_cast<size_t>(groups));
+    pack_x8(q.scheme.format, q.codes.data(), src_row, q.rows, q.cols, impl->data.ptr.get());
   } else {
     // GGUF blocks and 16-bit values run as stored.
     v.row_stride = src_row;
@@ -422,7 +457,7 @@ ActPrecision KernelMatrix::precision() const { return impl_->precision; }
 const Scheme& KernelMatrix::scheme() const { return impl_->scheme; }
 int64_t KernelMatrix::rows() const { return impl_->view.rows; }
 int64_t KernelMatrix::cols() const { return impl_->view.cols; }
-size_t KernelMatrix::weight_bytes() const { return impl_->view.row_stride * static_cast<size_t>(impl_->view.rows); }
+size_t KernelMatrix::weight_bytes() const { return impl_->data.size; }
 
 Isa KernelMatrix::variant_for(Isa isa) const {
   for (int i = static_cast<int>(clamp_isa(isa)); i > 0; --i)
@@ -433,11 +468,11 @@ Isa KernelMatrix::variant_for(Isa isa) const {
 void KernelMatrix::matmul(const float* x, int64_t n_tokens, float* y) const { matmul(x, n_tokens, y, active_isa()); }
 
 void KernelMatrix::matmul(const float* x, int64_t n_tokens, float* y, Isa isa) const {
-  impl_->run(x, n_tokens, y, impl_->entry->tile[static_cast<int>(variant_for(isa))], true);
+  impl_->run(x, n_tokens, y, impl_->entry->tile[static_cast<int>(variant_for(isa))], true, clamp_isa(isa));
 }
 
 void KernelMatrix::matmul_ref(const float* x, int64_t n_tokens, float* y) const {
-  impl_->run(x, n_tokens, y, impl_->entry->tile[static_cast<int>(Isa::scalar)], false);
+  impl_->run(x, n_tokens, y, impl_->entry->tile[static_cast<int>(Isa::scalar)], false, Isa::scalar);
 }
 
 void KernelMatrix::dense_weight(float* out) const {
@@ -471,7 +506,14 @@ void KernelMatrix::dense_weight(float* out) const {
   q.scheme = impl_->scheme;
   q.rows = v.rows;
   q.cols = v.cols;
-  q.codes.assign(v.data, v.data + v.row_stride * static_cast<size_t>(v.rows));
+  if (has_x8_layout(q.scheme.format)) {
+    q.codes.resize(v.row_stride * static_cast<size_t>(v.rows));
+    for (int64_t r = 0; r < v.rows; ++r)
+      unpack_x8_row(q.scheme.format, v.data + static_cast<size_t>(r / kX8) * v.group_stride, static_cast<int>(r % kX8),
+                    v.cols, q.codes.data() + static_cast<size_t>(r) * v.row_stride);
+  } else {
+    q.codes.assign(v.data, v.data + v.row_stride * static_cast<size_t>(v.rows));
+  }
   Status s = dequantize(q, out);
   QFORGE_CHECK_MSG(s.is_ok(), "planes validated at creation");
 }

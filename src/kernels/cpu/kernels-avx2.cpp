@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/cpu/tile_driver.h"
+#include "kernels/cpu/x8_kernels.h"
 
 namespace qforge::kernels {
 namespace {
@@ -51,133 +52,6 @@ template <class Block, int T>
 inline void act_ptrs(const uint8_t* act, size_t as, const Block* (&out)[T]) {
   for (int t = 0; t < T; ++t) out[t] = reinterpret_cast<const Block*>(act + t * as);
 }
-
-// ---- Q8_0 x q8_32 --------------------------------------------------------------------------------
-struct Q8_0 {
-  static constexpr int kGemvRows = 4, kGemmRows = 2;
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ8_0* wr[R];
-    const ActQ8Block* ar[T];
-    row_ptrs(w, r, wr);
-    act_ptrs(act, as, ar);
-    __m256 acc[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-    const int64_t nb = w.cols / 32;
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R], wabs[R];
-      __m256 wd[R];
-      for (int i = 0; i < R; ++i) {
-        wq[i] = loadu256(wr[i][b].qs);
-        wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
-        wd[i] = _mm256_set1_ps(h2f(wr[i][b].d));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i aq = loadu256(ar[t][b].qs);
-        const __m256 ad = _mm256_set1_ps(ar[t][b].d);
-        for (int i = 0; i < R; ++i) {
-          const __m256i s = dot_u8s8(wabs[i], _mm256_sign_epi8(aq, wq[i]));
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(wd[i], ad), acc[i][t]);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]);
-  }
-};
-
-// ---- Q4_0 x q8_32: sum (q - 8) a = sum q a - 8 sum a, the second from the block's s ------------
-struct Q4_0 {
-  static constexpr int kGemvRows = 4, kGemmRows = 2;
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ4_0* wr[R];
-    const ActQ8Block* ar[T];
-    row_ptrs(w, r, wr);
-    act_ptrs(act, as, ar);
-    __m256 acc[R][T];
-    float off[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
-    const int64_t nb = w.cols / 32;
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i wq[R];
-      float wdf[R];
-      for (int i = 0; i < R; ++i) {
-        wq[i] = unpack_nibbles(wr[i][b].qs);
-        wdf[i] = h2f(wr[i][b].d);
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i aq = loadu256(ar[t][b].qs);
-        const float ad = ar[t][b].d, asum = ar[t][b].s;
-        for (int i = 0; i < R; ++i) {
-          const __m256i s = dot_u8s8(wq[i], aq);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(wdf[i] * ad), acc[i][t]);
-          off[i][t] = std::fma(wdf[i], asum, off[i][t]);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = std::fma(-8.0f, off[i][t], hsum(acc[i][t]));
-  }
-};
-
-// ---- Q4_K x Q8_K ------------------------------------------------------------------------------------
-struct Q4_K {
-  static constexpr int kGemvRows = 2, kGemmRows = 1;
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ4_K* wr[R];
-    const gg::BlockQ8_K* ar[T];
-    row_ptrs(w, r, wr);
-    act_ptrs(act, as, ar);
-    __m256 acc[R][T];
-    float off[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
-    const int64_t nb = w.cols / gg::kQK_K;
-    for (int64_t b = 0; b < nb; ++b) {
-      uint8_t sc[R][8], mn[R][8];
-      for (int i = 0; i < R; ++i)
-        for (int s = 0; s < 8; ++s) gg::unpack_scale_min_k4(s, wr[i][b].scales, &sc[i][s], &mn[i][s]);
-      __m256i isum[R][T];
-      for (int i = 0; i < R; ++i)
-        for (int t = 0; t < T; ++t) isum[i][t] = _mm256_setzero_si256();
-      for (int j = 0; j < 4; ++j) {
-        __m256i lo[R], hi[R], slo[R], shi[R];
-        for (int i = 0; i < R; ++i) {
-          const __m256i q = loadu256(wr[i][b].qs + 32 * j);
-          lo[i] = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
-          hi[i] = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
-          slo[i] = _mm256_set1_epi16(sc[i][2 * j]);
-          shi[i] = _mm256_set1_epi16(sc[i][2 * j + 1]);
-        }
-        for (int t = 0; t < T; ++t) {
-          const __m256i a0 = loadu256(ar[t][b].qs + 64 * j);
-          const __m256i a1 = loadu256(ar[t][b].qs + 64 * j + 32);
-          for (int i = 0; i < R; ++i) {
-            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[i], a0), slo[i]);
-            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[i], a1), shi[i]);
-            isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_add_epi32(p0, p1));
-          }
-        }
-      }
-      for (int i = 0; i < R; ++i) {
-        const float d = h2f(wr[i][b].d), dmin = h2f(wr[i][b].dmin);
-        for (int t = 0; t < T; ++t) {
-          const int16_t* bs = ar[t][b].bsums;
-          int msum = 0;
-          for (int s = 0; s < 8; ++s) msum += mn[i][s] * (bs[2 * s] + bs[2 * s + 1]);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), _mm256_set1_ps(d * ar[t][b].d), acc[i][t]);
-          off[i][t] = std::fma(dmin * ar[t][b].d, static_cast<float>(msum), off[i][t]);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]) - off[i][t];
-  }
-};
 
 // ---- Q6_K x Q8_K: sum sc (q - 32) a = sum sc q a - 32 sum sc bsum ---------------------------------
 struct Q6_K {
@@ -373,9 +247,9 @@ struct Half {
 
 void register_avx2_kernels() {
   const int a = static_cast<int>(Isa::avx2);
-  registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver<Q8_0>;
-  registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver<Q4_0>;
-  registry_entry(FormatId::gguf_q4_k)->tile[a] = tile_driver<Q4_K>;
+  registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver_x8<x8::Q8_0>;
+  registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver_x8<x8::Q4_0>;
+  registry_entry(FormatId::gguf_q4_k)->tile[a] = tile_driver_x8<x8::Q4_K>;
   registry_entry(FormatId::gguf_q6_k)->tile[a] = tile_driver<Q6_K>;
   registry_entry(FormatId::int_sym)->tile[a] = tile_driver<Int8>;
   registry_entry(FormatId::int_asym)->tile[a] = tile_driver<Int4>;

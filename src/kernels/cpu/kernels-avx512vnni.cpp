@@ -1,7 +1,7 @@
 // AVX-512 VNNI kernels: vpdpbusd (u8 x s8, four products summed into s32 without the s16
-// intermediate) replaces AVX2's maddubs + madd for Q8_0, Q4_0 and int8 W8A8, on 256-bit vectors
-// (AVX-512VL: one 32-element block each) with the 32 vector registers of AVX-512. The K-quants
-// keep AVX2 (their per-16/32 scales fold into the madd that VNNI would remove).
+// intermediate) replaces AVX2's maddubs + madd for Q8_0, Q4_0, Q4_K (the x8 micro-kernels of
+// x8_kernels.h, compiled here with VNNI) and int8 W8A8, on 256-bit vectors (AVX-512VL) with the 32
+// vector registers of AVX-512. Q6_K keeps AVX2.
 #include <immintrin.h>
 
 #include <cmath>
@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels/cpu/tile_driver.h"
+#include "kernels/cpu/x8_kernels.h"
 
 namespace qforge::kernels {
 namespace {
@@ -37,73 +38,6 @@ inline __m256i unpack_nibbles(const uint8_t* p) {
 }
 
 inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
-
-struct Q8_0 {
-  static constexpr int kGemvRows = 4, kGemmRows = 4;
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ8_0* wr[R];
-    const ActQ8Block* ar[T];
-    for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const gg::BlockQ8_0*>(w.data + (r + i) * w.row_stride);
-    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
-    __m256 acc[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < w.cols / 32; ++b) {
-      __m256i wq[R], wabs[R];
-      __m256 wd[R];
-      for (int i = 0; i < R; ++i) {
-        wq[i] = loadu256(wr[i][b].qs);
-        wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
-        wd[i] = _mm256_set1_ps(_cvtsh_ss(wr[i][b].d));
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i aq = loadu256(ar[t][b].qs);
-        const __m256 ad = _mm256_set1_ps(ar[t][b].d);
-        for (int i = 0; i < R; ++i) {
-          const __m256i s = dot_u8s8(wabs[i], _mm256_sign_epi8(aq, wq[i]));
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(wd[i], ad), acc[i][t]);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]);
-  }
-};
-
-struct Q4_0 {
-  static constexpr int kGemvRows = 4, kGemmRows = 4;
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ4_0* wr[R];
-    const ActQ8Block* ar[T];
-    for (int i = 0; i < R; ++i) wr[i] = reinterpret_cast<const gg::BlockQ4_0*>(w.data + (r + i) * w.row_stride);
-    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
-    __m256 acc[R][T];
-    float off[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
-    for (int64_t b = 0; b < w.cols / 32; ++b) {
-      __m256i wq[R];
-      float wdf[R];
-      for (int i = 0; i < R; ++i) {
-        wq[i] = unpack_nibbles(wr[i][b].qs);
-        wdf[i] = _cvtsh_ss(wr[i][b].d);
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m256i aq = loadu256(ar[t][b].qs);
-        const float ad = ar[t][b].d, asum = ar[t][b].s;
-        for (int i = 0; i < R; ++i) {
-          const __m256i s = dot_u8s8(wq[i], aq);
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(wdf[i] * ad), acc[i][t]);
-          off[i][t] = std::fma(wdf[i], asum, off[i][t]);
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = std::fma(-8.0f, off[i][t], hsum(acc[i][t]));
-  }
-};
 
 struct Int8 {
   static constexpr int kGemvRows = 4, kGemmRows = 4;
@@ -142,8 +76,9 @@ struct Int8 {
 
 void register_avx512vnni_kernels() {
   const int a = static_cast<int>(Isa::avx512vnni);
-  registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver<Q8_0>;
-  registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver<Q4_0>;
+  registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver_x8<x8::Q8_0>;
+  registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver_x8<x8::Q4_0>;
+  registry_entry(FormatId::gguf_q4_k)->tile[a] = tile_driver_x8<x8::Q4_K>;
   registry_entry(FormatId::int_sym)->tile[a] = tile_driver<Int8>;
 }
 

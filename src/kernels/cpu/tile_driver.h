@@ -37,3 +37,41 @@ void tile_driver(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act
 }
 
 }  // namespace qforge::kernels
+
+// ---- x8 layouts (interleave_x8.h) ----------------------------------------------------------------
+// A kernel K provides kMaxT and
+//   template <int T> static void run(const uint8_t* group, int64_t cols, const uint8_t* act,
+//                                    size_t act_stride, float (*out)[8]);
+// writing out[t][i] for the 8 rows of the group (padding rows included) and t < T. Tiles start at
+// a multiple of 8 rows (KernelMatrix cuts row chunks in multiples of 8).
+namespace qforge::kernels {
+
+template <class K, int T>
+inline void x8_tokens(const uint8_t* group, int64_t cols, const uint8_t* act, size_t as, float* y, int64_t ldy,
+                      int rows) {
+  float out[T][8];
+  K::template run<T>(group, cols, act, as, out);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < rows; ++i) y[t * ldy + i] = out[t][i];
+}
+
+template <class K>
+void tile_driver_x8(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
+                    int64_t ldy) {
+  constexpr int kMax = K::kMaxT;
+  static_assert(kMax >= 1 && kMax <= 4);
+  for (int64_t r = r0; r < r1; r += 8) {
+    const uint8_t* group = w.data + static_cast<size_t>(r / 8) * w.group_stride;
+    const int rows = static_cast<int>(r1 - r < 8 ? r1 - r : 8);
+    int64_t t = 0;
+    for (; t + kMax <= nt; t += kMax) x8_tokens<K, kMax>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows);
+    switch (nt - t) {
+      case 3: x8_tokens<K, (kMax > 3 ? 3 : 1)>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
+      case 2: x8_tokens<K, (kMax > 2 ? 2 : 1)>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
+      case 1: x8_tokens<K, 1>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace qforge::kernels

@@ -7,7 +7,9 @@
 // then scale and zero-point applied once per group).
 #include <cmath>
 #include <cstring>
+#include <vector>
 
+#include "kernels/interleave_x8.h"
 #include "kernels/kernel_registry.h"
 #include "qforge/dtype.h"
 
@@ -71,6 +73,23 @@ void quantize_act_q8_k(const float* x, int64_t cols, gg::BlockQ8_K* out) {
   }
 }
 
+void quantize_act_q8_32_x2(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) {
+  quantize_act_q8_32(x, cols, out);
+  if (residual == nullptr) return;
+  std::vector<float> r(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-out[i / 32].d, static_cast<float>(out[i / 32].qs[i % 32]), x[i]);
+  quantize_act_q8_32(r.data(), cols, residual);
+}
+
+void quantize_act_q8_k_x2(const float* x, int64_t cols, gg::BlockQ8_K* out, gg::BlockQ8_K* residual) {
+  quantize_act_q8_k(x, cols, out);
+  if (residual == nullptr) return;
+  std::vector<float> r(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < cols; ++i)
+    r[i] = std::fma(-out[i / gg::kQK_K].d, static_cast<float>(out[i / gg::kQK_K].qs[i % gg::kQK_K]), x[i]);
+  quantize_act_q8_k(r.data(), cols, residual);
+}
+
 void quantize_act_q8_row(const float* x, int64_t cols, uint8_t* out) {
   float d, id;
   act_scale(absmax(x, cols), &d, &id);
@@ -91,10 +110,23 @@ void for_each_output(const WeightView& w, int64_t r0, int64_t r1, const uint8_t*
     for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = row(w.data + r * w.row_stride, act + t * act_stride);
 }
 
+// The same over an x8 layout: each row is first read back as its GGUF blocks, so the reference is
+// the GGUF specification's dot product whatever layout the fast kernels use.
+template <class Row>
+void for_each_output_x8(FormatId format, const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act,
+                        size_t act_stride, int64_t n_tokens, float* y, int64_t ldy, Row row) {
+  std::vector<uint8_t> gguf(w.row_stride);
+  for (int64_t r = r0; r < r1; ++r) {
+    unpack_x8_row(format, w.data + static_cast<size_t>(r / kX8) * w.group_stride, static_cast<int>(r % kX8), w.cols,
+                  gguf.data());
+    for (int64_t t = 0; t < n_tokens; ++t) y[t * ldy + r] = row(gguf.data(), act + t * act_stride);
+  }
+}
+
 void tile_q8_0_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
                    int64_t ldy) {
   const int64_t nb = w.cols / gg::kQK;
-  for_each_output(w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
+  for_each_output_x8(FormatId::gguf_q8_0, w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
     const auto* wb = reinterpret_cast<const gg::BlockQ8_0*>(wr);
     const auto* ab = reinterpret_cast<const ActQ8Block*>(ar);
     float acc = 0.0f;
@@ -110,7 +142,7 @@ void tile_q8_0_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* a
 void tile_q4_0_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
                    int64_t ldy) {
   const int64_t nb = w.cols / gg::kQK;
-  for_each_output(w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
+  for_each_output_x8(FormatId::gguf_q4_0, w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
     const auto* wb = reinterpret_cast<const gg::BlockQ4_0*>(wr);
     const auto* ab = reinterpret_cast<const ActQ8Block*>(ar);
     float acc = 0.0f;
@@ -129,7 +161,7 @@ void tile_q4_0_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* a
 void tile_q4_k_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
                    int64_t ldy) {
   const int64_t nb = w.cols / gg::kQK_K;
-  for_each_output(w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
+  for_each_output_x8(FormatId::gguf_q4_k, w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
     const auto* wb = reinterpret_cast<const gg::BlockQ4_K*>(wr);
     const auto* ab = reinterpret_cast<const gg::BlockQ8_K*>(ar);
     float acc = 0.0f;
