@@ -412,6 +412,38 @@ TEST_P(IsaLevels, BitIdenticalAcrossThreadsAndBatching) {
   }
 }
 
+// The vectorised activation quantizers produce the scalar specification's bytes exactly (the
+// kernels' results depend on it), including halfway cases (x / d = k + 0.5), zero blocks,
+// outliers and subnormals, with and without the residual term.
+TEST_P(IsaLevels, ActivationQuantizersMatchScalarBytes) {
+  const kernels::ActQuantizers fast = kernels::act_quantizers_for(GetParam());
+  std::mt19937 rng(5);
+  const int64_t cols = 4 * 256;
+  for (int pattern = 0; pattern < 6; ++pattern) {
+    std::vector<float> x = random_floats(cols, rng);
+    for (int64_t i = 0; i < cols; ++i) {
+      if (pattern == 1) x[i] = static_cast<float>(i % 255 - 127) * 0.5f + 0.25f * static_cast<float>(i % 2);  // halves
+      if (pattern == 2 && i < 300) x[i] = 0.0f;                                                                   // zero blocks
+      if (pattern == 3 && i % 97 == 0) x[i] = 3e7f;                                                              // outliers
+      if (pattern == 4) x[i] = 1e-41f * static_cast<float>(i % 7 - 3);                                          // subnormal
+      if (pattern == 5) x[i] = static_cast<float>(i % 2 == 0 ? 127.5 : -0.5) * 1e-3f;
+    }
+    for (const bool two : {false, true}) {
+      SCOPED_TRACE("pattern " + std::to_string(pattern) + (two ? ", two terms" : ", one term"));
+      std::vector<kernels::ActQ8Block> a(cols / 32), ar(cols / 32), b(cols / 32), br(cols / 32);
+      kernels::quantize_act_q8_32_x2(x.data(), cols, a.data(), two ? ar.data() : nullptr);
+      fast.q8_32(x.data(), cols, b.data(), two ? br.data() : nullptr);
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof a[0])) << "q8_32 codes";
+      if (two) EXPECT_EQ(0, std::memcmp(ar.data(), br.data(), ar.size() * sizeof ar[0])) << "q8_32 residual codes";
+      std::vector<gg::BlockQ8_K> k(cols / 256), kr(cols / 256), l(cols / 256), lr(cols / 256);
+      kernels::quantize_act_q8_k_x2(x.data(), cols, k.data(), two ? kr.data() : nullptr);
+      fast.q8_k(x.data(), cols, l.data(), two ? lr.data() : nullptr);
+      EXPECT_EQ(0, std::memcmp(k.data(), l.data(), k.size() * sizeof k[0])) << "q8_k codes";
+      if (two) EXPECT_EQ(0, std::memcmp(kr.data(), lr.data(), kr.size() * sizeof kr[0])) << "q8_k residual codes";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Kernels, IsaLevels,
                          ::testing::Values(Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16),
                          [](const ::testing::TestParamInfo<Isa>& info) { return std::string(kernels::isa_name(info.param)); });

@@ -29,15 +29,15 @@ inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// std::round (half away from zero) then clamp to +-127, as int32 lanes. A NaN lane clamps to -127
-// (the scalar code's cast of NaN is undefined; activations are checked finite upstream).
+// std::round (half away from zero) then clamp to +-127, as int32 lanes; NaN (0 * inf when d is
+// subnormal) -> 0, as the scalar round_q8.
 inline __m256i round_clamp_q8(__m256 v) {
   const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
   const __m256 frac = abs_ps(_mm256_sub_ps(v, t));
   const __m256 step = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));
   __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
   r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
-  return _mm256_cvttps_epi32(r);
+  return _mm256_cvttps_epi32(_mm256_and_ps(r, _mm256_cmp_ps(v, v, _CMP_ORD_Q)));
 }
 
 // 4 x 8 int32 (in order) -> 32 int8.

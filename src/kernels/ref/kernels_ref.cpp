@@ -22,6 +22,8 @@ namespace {
 
 inline int8_t round_q8(float v) {
   // |v| <= 127 by construction (v = x / d with d = absmax / 127), up to rounding of x * (1/d).
+  // When d is subnormal 1/d overflows: x * inf is +-inf (clamped) or, for x = 0, NaN -> 0.
+  if (std::isnan(v)) return 0;
   const float r = std::round(v);
   return static_cast<int8_t>(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
 }
