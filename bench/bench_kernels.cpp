@@ -1,5 +1,6 @@
 // Fast CPU kernels (include/qforge/kernels.h), measured against the machine in the same run:
-//   BM_ReadBandwidth   streaming sum over a buffer far larger than the L3 (the roofline for decode)
+//   BM_ReadBandwidth/<streams per thread>   streaming sum over a buffer far larger than the L3 (the
+//                      roofline for decode)
 //   BM_Gemv/<fmt>/<rows>x<cols>   one token: GB/s of weight bytes read and the fraction of the
 //                      measured bandwidth (weights rotate over copies so the working set exceeds L3)
 //   BM_Sgemm/<M>       OpenBLAS sgemm on the dequantized f32 weight [4096, 4096], M tokens
@@ -8,6 +9,7 @@
 //   OMP_PROC_BIND=close OMP_PLACES=cores ./build/bench/bench_kernels
 // QFORGE_ISA selects the kernel level as everywhere.
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -41,25 +43,59 @@ void set_threads() {
 double g_read_bandwidth = 0;           // bytes/s, from BM_ReadBandwidth
 std::map<int64_t, double> g_sgemm_flops;  // M -> flop/s of sgemm
 
+// Sums `bytes` of buf over the threads (each a contiguous share, read as `streams` interleaved
+// sequential streams); returns the bytes read. AVX2 loads when the CPU has them: a scalar loop
+// is compute-bound below the memory bandwidth of current machines.
+__attribute__((target("avx2"))) uint64_t sum_streams_avx2(const uint8_t* base, size_t part, int streams) {
+  __m256i acc = _mm256_setzero_si256();
+  for (size_t i = 0; i < part; i += 128)
+    for (int k = 0; k < streams; ++k) {
+      const auto* p = reinterpret_cast<const __m256i*>(base + static_cast<size_t>(k) * part + i);
+      const __m256i a = _mm256_add_epi64(_mm256_loadu_si256(p), _mm256_loadu_si256(p + 1));
+      const __m256i b = _mm256_add_epi64(_mm256_loadu_si256(p + 2), _mm256_loadu_si256(p + 3));
+      acc = _mm256_add_epi64(acc, _mm256_add_epi64(a, b));
+    }
+  alignas(32) uint64_t v[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v), acc);
+  return v[0] + v[1] + v[2] + v[3];
+}
+
+uint64_t sum_streams_scalar(const uint8_t* base, size_t part, int streams) {
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (size_t i = 0; i < part; i += 32)
+    for (int k = 0; k < streams; ++k) {
+      const auto* p = reinterpret_cast<const uint64_t*>(base + static_cast<size_t>(k) * part + i);
+      s0 += p[0], s1 += p[1], s2 += p[2], s3 += p[3];
+    }
+  return s0 + s1 + s2 + s3;
+}
+
+size_t stream_read(const uint8_t* buf, size_t bytes, int streams) {
+  const bool avx2 = __builtin_cpu_supports("avx2");
+  uint64_t sum = 0;
+  size_t read = 0;
+#pragma omp parallel reduction(+ : sum, read)
+  {
+    const size_t nt = static_cast<size_t>(omp_get_num_threads()), me = static_cast<size_t>(omp_get_thread_num());
+    const size_t share = bytes / nt / 4096 * 4096, part = share / static_cast<size_t>(streams) / 128 * 128;
+    const uint8_t* base = buf + me * share;
+    sum += avx2 ? sum_streams_avx2(base, part, streams) : sum_streams_scalar(base, part, streams);
+    read += part * static_cast<size_t>(streams);
+  }
+  benchmark::DoNotOptimize(sum);
+  return read;
+}
+
 void BM_ReadBandwidth(benchmark::State& state) {
   set_threads();
   const size_t bytes = size_t{1} << 30;  // 1 GiB >> any L3
-  const size_t n = bytes / sizeof(uint64_t);
-  std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[bytes / sizeof(uint64_t)]);
 #pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = i;
-  uint64_t total = 0;
-  for (auto _ : state) {
-    uint64_t sum = 0;
-    // Integer sums vectorise without reassociation flags; static schedule = each thread streams
-    // one contiguous half.
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-    for (size_t i = 0; i < n; ++i) sum += buf[i];
-    total += sum;
-    benchmark::DoNotOptimize(total);
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
+  size_t read = 0;
+  for (auto _ : state) read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, static_cast<int>(state.range(0)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(read));
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(read) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // A weight of `scheme` [rows, cols]: 16 rows quantized from random values, repeated (the values
@@ -182,33 +218,26 @@ const char* kGemmSchemes[] = {"q4_0", "q4_k", "q8_0", "q6_k", "int8-ch-sym", "in
 void measure_baselines() {
   set_threads();
   {
-    const size_t bytes = size_t{1} << 30, n = bytes / sizeof(uint64_t);
-    std::unique_ptr<uint64_t[]> buf(new uint64_t[n]);
+    const size_t bytes = size_t{1} << 30;
+    std::unique_ptr<uint64_t[]> buf(new uint64_t[bytes / sizeof(uint64_t)]);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; ++i) buf[i] = i;
-    // Two access patterns, the better one counts: one sequential stream per thread, and eight
-    // interleaved streams per thread (a GEMV reads several rows at once; one stream alone can be
-    // limited by the prefetchers' concurrency well below what the memory system delivers).
+    for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
+    // Several access patterns, the best counts: 1, 2, 4 and 8 sequential streams per thread over
+    // its contiguous share (a GEMV reads a few rows or row groups at once; one stream alone can be
+    // limited by the prefetchers' concurrency below what the memory system delivers).
     double best = 0;
-    for (const int streams : {1, 8}) {
+    std::printf("read bandwidth (GB/s, best of 5):");
+    for (const int streams : {1, 2, 4, 8}) {
+      double best_here = 0;
       for (int rep = 0; rep < 5; ++rep) {
-        uint64_t sum = 0;
-        size_t read = 0;  // elements actually read (chunks drop a remainder)
         const double t0 = omp_get_wtime();
-#pragma omp parallel reduction(+ : sum, read)
-        {
-          const size_t nt = static_cast<size_t>(omp_get_num_threads()), me = static_cast<size_t>(omp_get_thread_num());
-          const size_t chunk = n / nt, part = chunk / static_cast<size_t>(streams);
-          const uint64_t* base = buf.get() + me * chunk;
-          for (size_t i = 0; i < part; ++i)
-            for (int k = 0; k < streams; ++k) sum += base[static_cast<size_t>(k) * part + i];
-          read += part * static_cast<size_t>(streams);
-        }
-        const double t = omp_get_wtime() - t0;
-        benchmark::DoNotOptimize(sum);
-        best = std::max(best, static_cast<double>(read * sizeof(uint64_t)) / t);
+        const size_t read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, streams);
+        best_here = std::max(best_here, static_cast<double>(read) / (omp_get_wtime() - t0));
       }
+      std::printf(" %d stream%s %.2f", streams, streams == 1 ? "" : "s", best_here / 1e9);
+      best = std::max(best, best_here);
     }
+    std::printf("\n");
     g_read_bandwidth = best;
   }
   qforge::QuantizedTensor q = make_weight("q8_0", kGemmN, kGemmK);
@@ -228,7 +257,7 @@ void measure_baselines() {
     }
     g_sgemm_flops[m] = best;
   }
-  std::printf("threads %d, kernels %s; L3 %zu MiB, GEMV rotation >= %zu MiB; read bandwidth %.2f GB/s (best of 1 and 8 streams per thread, 5 runs each, over 1 GiB); sgemm GFLOP/s:",
+  std::printf("threads %d, kernels %s; L3 %zu MiB, GEMV rotation >= %zu MiB; read bandwidth %.2f GB/s (best of the patterns above, over 1 GiB); sgemm GFLOP/s:",
               bench_threads(), qforge::kernels::isa_name(qforge::kernels::active_isa()), l3_bytes() >> 20,
               rotation_bytes() >> 20, g_read_bandwidth / 1e9);
   for (const auto& [m, f] : g_sgemm_flops) std::printf(" M=%lld %.1f", static_cast<long long>(m), f / 1e9);
@@ -241,7 +270,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   measure_baselines();
-  benchmark::RegisterBenchmark("BM_ReadBandwidth", BM_ReadBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("BM_ReadBandwidth", BM_ReadBandwidth)->Arg(1)->Arg(4)->UseRealTime()->Unit(benchmark::kMillisecond);
   const int64_t shapes[][2] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
   // "/a8": int8 activations (llama.cpp's Q8_0/Q8_K); default int8x2 (see kernels.h).
   for (const char* s : kGemvSchemes)

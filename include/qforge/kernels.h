@@ -51,6 +51,14 @@ Isa set_active_isa(Isa isa);
 //           pass of the weights (twice the integer work, the same weight traffic). The default.
 enum class ActPrecision : uint8_t { int8 = 0, int8x2 = 1 };
 
+const char* act_precision_name(ActPrecision p);  // "int8", "int8x2"
+std::optional<ActPrecision> parse_act_precision(std::string_view name);
+// The precision KernelLinear (the engine's kernel layers) creates its matrices with:
+// QFORGE_ACT_PRECISION (int8 | int8x2) when set, else int8x2. Read once; set_ overrides it for
+// layers created afterwards (qforge bench --act-precision).
+ActPrecision default_act_precision();
+void set_default_act_precision(ActPrecision p);
+
 // A weight [rows = out_features, cols = in_features] in the kernels' layout (GGUF blocks are kept
 // byte for byte; planar int8/int4 weights are repacked row by row with their scales).
 class KernelMatrix {

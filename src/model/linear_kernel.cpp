@@ -15,7 +15,7 @@ Expected<std::unique_ptr<KernelLinear>> KernelLinear::create(const QuantizedTens
   if (!bias.empty() && static_cast<int64_t>(bias.size()) != weight.rows)
     return invalid_argument("KernelLinear bias has " + std::to_string(bias.size()) + " values for " +
                             std::to_string(weight.rows) + " outputs");
-  QFORGE_ASSIGN_OR_RETURN(kernels::KernelMatrix m, kernels::KernelMatrix::create(weight));
+  QFORGE_ASSIGN_OR_RETURN(kernels::KernelMatrix m, kernels::KernelMatrix::create(weight, kernels::default_act_precision()));
   return std::unique_ptr<KernelLinear>(new KernelLinear(std::move(m), std::move(bias)));
 }
 

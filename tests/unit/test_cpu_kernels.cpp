@@ -434,12 +434,16 @@ TEST_P(IsaLevels, ActivationQuantizersMatchScalarBytes) {
       kernels::quantize_act_q8_32_x2(x.data(), cols, a.data(), two ? ar.data() : nullptr);
       fast.q8_32(x.data(), cols, b.data(), two ? br.data() : nullptr);
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof a[0])) << "q8_32 codes";
-      if (two) EXPECT_EQ(0, std::memcmp(ar.data(), br.data(), ar.size() * sizeof ar[0])) << "q8_32 residual codes";
+      if (two) {
+        EXPECT_EQ(0, std::memcmp(ar.data(), br.data(), ar.size() * sizeof ar[0])) << "q8_32 residual codes";
+      }
       std::vector<gg::BlockQ8_K> k(cols / 256), kr(cols / 256), l(cols / 256), lr(cols / 256);
       kernels::quantize_act_q8_k_x2(x.data(), cols, k.data(), two ? kr.data() : nullptr);
       fast.q8_k(x.data(), cols, l.data(), two ? lr.data() : nullptr);
       EXPECT_EQ(0, std::memcmp(k.data(), l.data(), k.size() * sizeof k[0])) << "q8_k codes";
-      if (two) EXPECT_EQ(0, std::memcmp(kr.data(), lr.data(), kr.size() * sizeof kr[0])) << "q8_k residual codes";
+      if (two) {
+        EXPECT_EQ(0, std::memcmp(kr.data(), lr.data(), kr.size() * sizeof kr[0])) << "q8_k residual codes";
+      }
     }
   }
 }

@@ -643,6 +643,32 @@ TEST(EvalCli, PackedModelAgainstItsReference) {
   EXPECT_EQ(a["kld_mean"].get<double>(), b["kld_mean"].get<double>());
 }
 
+// qforge bench: the JSON fields the issue names, and the activation-precision option.
+TEST(EvalCli, BenchWritesJsonAndRejectsUnknownActPrecision) {
+  QFORGE_REQUIRE_SHARED("models/stories260K");
+  const std::string s260 = quote(models() + "/stories260K/stories260K.bin") + " --tokenizer " +
+                           quote(models() + "/stories260K/tok512.bin");
+  const std::string json = test::temp_dir() + "/bench.json";
+  std::string out;
+  ASSERT_EQ(0, qforge("bench " + s260 + " -p 16 -n 4 -r 2 -t 1 --act-precision int8 --json " + quote(json), &out)) << out;
+  EXPECT_NE(out.find("tg4"), std::string::npos) << out;
+  const nlohmann::json j = read_json(json);
+  for (const char* key : {"pp_tokens_per_s", "tg_tokens_per_s"}) {
+    ASSERT_TRUE(j.contains(key)) << key;
+    EXPECT_GT(j[key]["mean"].get<double>(), 0.0) << key;
+    EXPECT_GE(j[key]["sd"].get<double>(), 0.0) << key;
+    EXPECT_EQ(j[key]["samples"].size(), 2u) << key;
+  }
+  EXPECT_GT(j["model_bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(j["peak_rss_bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["threads"].get<int>(), 1);
+  EXPECT_FALSE(j["isa"].get<std::string>().empty());
+  EXPECT_EQ(j["act_precision"].get<std::string>(), "int8");
+  const int rc = qforge("bench " + s260 + " -p 16 -n 4 -r 1 --act-precision int4", &out);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("--act-precision int4"), std::string::npos) << out;
+}
+
 TEST(EvalCli, ClearErrorsForBadInputs) {
   QFORGE_REQUIRE_SHARED("models/ref-llama-25m");
   QFORGE_REQUIRE_SHARED("models/stories260K");

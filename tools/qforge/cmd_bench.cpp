@@ -26,6 +26,7 @@ struct BenchOptions {
   int64_t gen = 128;
   int reps = 5;
   int threads = 0;
+  std::string act_precision;
   std::string json;
 };
 
@@ -89,6 +90,11 @@ int run_bench(const BenchOptions& o) {
     return report_error(invalid_argument("-p and -n must be >= 0 and not both 0"));
   if (o.reps < 1) return report_error(invalid_argument("-r " + std::to_string(o.reps) + ": must be >= 1"));
   ThreadSetting threads(o.threads);
+  if (!o.act_precision.empty()) {
+    const auto p = kernels::parse_act_precision(o.act_precision);
+    if (!p) return report_error(invalid_argument("--act-precision " + o.act_precision + ": expected int8 or int8x2"));
+    kernels::set_default_act_precision(*p);
+  }
   auto loaded = load_cli_model(o.model);
   if (!loaded) return report_error(loaded.status());
   Model& model = loaded->model;
@@ -157,8 +163,9 @@ int run_bench(const BenchOptions& o) {
   };
   if (o.prompt > 0) row("pp" + std::to_string(o.prompt), pps);
   if (o.gen > 0) row("tg" + std::to_string(o.gen), tgs);
-  std::printf("\nweights in memory %s, peak RSS %s, %d repetitions\n", format_bytes(mem_bytes).c_str(),
-              format_bytes(rss).c_str(), o.reps);
+  std::printf("\nweights in memory %s, peak RSS %s, %d repetitions, activations of the integer kernels %s\n",
+              format_bytes(mem_bytes).c_str(), format_bytes(rss).c_str(), o.reps,
+              kernels::act_precision_name(kernels::default_act_precision()));
 
   if (!o.json.empty()) {
     nlohmann::ordered_json j;
@@ -171,6 +178,7 @@ int run_bench(const BenchOptions& o) {
     j["peak_rss_bytes"] = rss;
     j["threads"] = threads.threads();
     j["isa"] = isa;
+    j["act_precision"] = kernels::act_precision_name(kernels::default_act_precision());
     j["n_prompt"] = o.prompt;
     j["n_gen"] = o.gen;
     j["repetitions"] = o.reps;
@@ -200,6 +208,9 @@ void add_bench_command(CLI::App& app, int* exit_code) {
   cmd->add_option("-n,--n-gen", o->gen, "Tokens for the decode test (0: skip)")->capture_default_str();
   cmd->add_option("-r,--repetitions", o->reps, "Repetitions of each test (after one warm-up)")->capture_default_str();
   cmd->add_option("-t,--threads", o->threads, "Threads for OpenMP and BLAS (default: all)");
+  cmd->add_option("--act-precision", o->act_precision,
+                  "Activations of the integer kernels: int8 (llama.cpp's Q8_0/Q8_K scheme) or int8x2 (default, "
+                  "about 16-bit; twice the integer work)");
   cmd->add_option("--json", o->json, "Write the results as JSON to this file");
   cmd->callback([o, exit_code] { *exit_code = run_bench(*o); });
 }

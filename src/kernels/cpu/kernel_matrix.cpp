@@ -169,6 +169,30 @@ int64_t& dense_gemm_storage() {
 }
 }  // namespace
 
+const char* act_precision_name(ActPrecision p) { return p == ActPrecision::int8 ? "int8" : "int8x2"; }
+
+std::optional<ActPrecision> parse_act_precision(std::string_view name) {
+  if (name == "int8") return ActPrecision::int8;
+  if (name == "int8x2") return ActPrecision::int8x2;
+  return std::nullopt;
+}
+
+namespace {
+ActPrecision& act_precision_storage() {
+  static ActPrecision p = [] {
+    const char* env = std::getenv("QFORGE_ACT_PRECISION");
+    if (env == nullptr || *env == '\0') return ActPrecision::int8x2;
+    if (const auto v = parse_act_precision(env)) return *v;
+    std::fprintf(stderr, "qforge: warning: QFORGE_ACT_PRECISION=%s is not int8 or int8x2; using int8x2\n", env);
+    return ActPrecision::int8x2;
+  }();
+  return p;
+}
+}  // namespace
+
+ActPrecision default_act_precision() { return act_precision_storage(); }
+void set_default_act_precision(ActPrecision p) { act_precision_storage() = p; }
+
 int64_t dense_gemm_min_tokens() { return dense_gemm_storage(); }
 void set_dense_gemm_min_tokens(int64_t tokens) { dense_gemm_storage() = tokens < 0 ? 0 : tokens; }
 

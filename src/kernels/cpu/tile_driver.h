@@ -40,38 +40,47 @@ void tile_driver(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act
 
 // ---- x8 layouts (interleave_x8.h) ----------------------------------------------------------------
 // A kernel K provides kMaxT and
-//   template <int T> static void run(const uint8_t* group, int64_t cols, const uint8_t* act,
-//                                    size_t act_stride, float (*out)[8]);
-// writing out[t][i] for the 8 rows of the group (padding rows included) and t < T. Tiles start at
-// a multiple of 8 rows (KernelMatrix cuts row chunks in multiples of 8).
+//   template <int T, int G> static void run(const uint8_t* group, size_t group_stride, int64_t cols,
+//                                           const uint8_t* act, size_t act_stride, float (*out)[8]);
+// writing out[g * T + t][i] for the 8 rows of each of the G consecutive groups (padding rows
+// included) and t < T. Tiles start at a multiple of 8 rows (KernelMatrix cuts row chunks in
+// multiples of 8). Decode (one token: T <= 2 activation rows) runs groups in pairs.
 namespace qforge::kernels {
 
-template <class K, int T>
-inline void x8_tokens(const uint8_t* group, int64_t cols, const uint8_t* act, size_t as, float* y, int64_t ldy,
-                      int rows) {
-  float out[T][8];
-  K::template run<T>(group, cols, act, as, out);
-  for (int t = 0; t < T; ++t)
-    for (int i = 0; i < rows; ++i) y[t * ldy + i] = out[t][i];
+template <class K, int T, int G>
+inline void x8_tokens(const WeightView& w, int64_t r, int64_t r1, const uint8_t* act, size_t as, float* y, int64_t ldy) {
+  float out[G * T][8];
+  K::template run<T, G>(w.data + static_cast<size_t>(r / 8) * w.group_stride, w.group_stride, w.cols, act, as, out);
+  for (int g = 0; g < G; ++g) {
+    const int64_t base = r + 8 * g;
+    const int rows = static_cast<int>(r1 - base < 8 ? r1 - base : 8);
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < rows; ++i) y[t * ldy + base + i] = out[g * T + t][i];
+  }
+}
+
+template <class K, int G>
+void x8_groups(const WeightView& w, int64_t r, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
+               int64_t ldy) {
+  constexpr int kMax = K::kMaxT;
+  static_assert(kMax >= 1 && kMax <= 4);
+  int64_t t = 0;
+  for (; t + kMax <= nt; t += kMax) x8_tokens<K, kMax, G>(w, r, r1, act + t * as, as, y + t * ldy, ldy);
+  switch (nt - t) {  // < kMax
+    case 3: x8_tokens<K, (kMax > 3 ? 3 : 1), G>(w, r, r1, act + t * as, as, y + t * ldy, ldy); break;
+    case 2: x8_tokens<K, (kMax > 2 ? 2 : 1), G>(w, r, r1, act + t * as, as, y + t * ldy, ldy); break;
+    case 1: x8_tokens<K, 1, G>(w, r, r1, act + t * as, as, y + t * ldy, ldy); break;
+    default: break;
+  }
 }
 
 template <class K>
 void tile_driver_x8(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
                     int64_t ldy) {
-  constexpr int kMax = K::kMaxT;
-  static_assert(kMax >= 1 && kMax <= 4);
-  for (int64_t r = r0; r < r1; r += 8) {
-    const uint8_t* group = w.data + static_cast<size_t>(r / 8) * w.group_stride;
-    const int rows = static_cast<int>(r1 - r < 8 ? r1 - r : 8);
-    int64_t t = 0;
-    for (; t + kMax <= nt; t += kMax) x8_tokens<K, kMax>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows);
-    switch (nt - t) {
-      case 3: x8_tokens<K, (kMax > 3 ? 3 : 1)>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
-      case 2: x8_tokens<K, (kMax > 2 ? 2 : 1)>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
-      case 1: x8_tokens<K, 1>(group, w.cols, act + t * as, as, y + t * ldy + r, ldy, rows); break;
-      default: break;
-    }
-  }
+  int64_t r = r0;
+  if (nt <= 2)
+    for (; r + 8 < r1; r += 16) x8_groups<K, 2>(w, r, r1, act, as, nt, y, ldy);
+  for (; r < r1; r += 8) x8_groups<K, 1>(w, r, r1, act, as, nt, y, ldy);
 }
 
 }  // namespace qforge::kernels

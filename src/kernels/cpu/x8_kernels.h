@@ -33,25 +33,20 @@ inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-// Software prefetch (QFORGE_X8_PREFETCH, tuning): d > 0 bytes ahead; -1 = the same block of the
-// next group (a second stream); -2 both 1024 bytes and one group ahead.
-inline int64_t prefetch_mode() {
+// Software prefetch of each record this many bytes ahead (QFORGE_X8_PREFETCH, 0 = off; default
+// 2048): with the hardware prefetchers alone a decode GEMV kept too few lines in flight.
+inline int64_t prefetch_distance() {
   static const int64_t d = [] {
     const char* e = std::getenv("QFORGE_X8_PREFETCH");
-    return e != nullptr ? std::atoll(e) : int64_t{0};
+    return e != nullptr && *e != '\0' ? std::atoll(e) : int64_t{2048};
   }();
   return d;
 }
 
-inline void prefetch_record(const uint8_t* p, size_t bytes, size_t group_bytes) {
-  const int64_t m = prefetch_mode();
-  if (m == 0) return;
-  if (m > 0 || m == -2) {
-    const int64_t d = m > 0 ? m : 1024;
-    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + d + o), _MM_HINT_T0);
-  }
-  if (m < 0)
-    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + group_bytes + o), _MM_HINT_T1);
+inline void prefetch_record(const uint8_t* p, size_t bytes) {
+  const int64_t d = prefetch_distance();
+  if (d <= 0) return;
+  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + d + o), _MM_HINT_T0);
 }
 
 inline __m256 f16x8(const uint16_t* h) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))); }
@@ -87,65 +82,74 @@ struct Acc8 {
 };
 #endif
 
+// Kernels take G groups (gstride bytes apart) at once: with G = 2 (decode) each thread reads two
+// streams, which the memory system served faster than one in bench_kernels on the 2-core EPYC. Outputs: out[g * T + t].
+
 // sum (q - 8) a d_w d_a = d_w d_a sum q a - 8 d_w (d_a sum a); ActQ8Block.s = d_a sum a.
 struct Q4_0 {
   static constexpr int kMaxT = 4;
-  template <int T>
-  static void run(const uint8_t* group, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
-    const auto* wb = reinterpret_cast<const BlockQ4_0x8*>(group);
+  template <int T, int G>
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+    const BlockQ4_0x8* wb[G];
+    for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ4_0x8*>(group + g * gstride);
     const ActQ8Block* ar[T];
-    __m256 acc[T];
-    for (int t = 0; t < T; ++t) {
-      ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
-      acc[t] = _mm256_setzero_ps();
-    }
+    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
+    __m256 acc[G][T];
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK; ++b) {
-      prefetch_record(reinterpret_cast<const uint8_t*>(wb + b), sizeof(BlockQ4_0x8), (cols / gg::kQK) * sizeof(BlockQ4_0x8));
-      Acc4 s[T];
-      for (int c = 0; c < 4; ++c) {
-        const __m256i q = load(wb[b].qs + 32 * c);
-        const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      for (int g = 0; g < G; ++g) {
+        prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ4_0x8));
+        Acc4 s[T];
+        for (int c = 0; c < 4; ++c) {
+          const __m256i q = load(wb[g][b].qs + 32 * c);
+          const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+          for (int t = 0; t < T; ++t) {
+            s[t].add(lo, bcast4(ar[t][b].qs + 4 * c));
+            s[t].add(hi, bcast4(ar[t][b].qs + 16 + 4 * c));
+          }
+        }
+        const __m256 d = f16x8(wb[g][b].d);
         for (int t = 0; t < T; ++t) {
-          s[t].add(lo, bcast4(ar[t][b].qs + 4 * c));
-          s[t].add(hi, bcast4(ar[t][b].qs + 16 + 4 * c));
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[g][t]);
+          acc[g][t] = _mm256_fnmadd_ps(d, _mm256_set1_ps(8.0f * ar[t][b].s), acc[g][t]);
         }
       }
-      const __m256 d = f16x8(wb[b].d);
-      for (int t = 0; t < T; ++t) {
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[t]);
-        acc[t] = _mm256_fnmadd_ps(d, _mm256_set1_ps(8.0f * ar[t][b].s), acc[t]);
-      }
     }
-    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], acc[t]);
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
 
 // Signed x signed through maddubs: |w| (u8; -128 -> 128) times a with w's sign (sign_epi8).
 struct Q8_0 {
   static constexpr int kMaxT = 4;
-  template <int T>
-  static void run(const uint8_t* group, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
-    const auto* wb = reinterpret_cast<const BlockQ8_0x8*>(group);
+  template <int T, int G>
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+    const BlockQ8_0x8* wb[G];
+    for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ8_0x8*>(group + g * gstride);
     const ActQ8Block* ar[T];
-    __m256 acc[T];
-    for (int t = 0; t < T; ++t) {
-      ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
-      acc[t] = _mm256_setzero_ps();
-    }
+    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
+    __m256 acc[G][T];
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < cols / gg::kQK; ++b) {
-      prefetch_record(reinterpret_cast<const uint8_t*>(wb + b), sizeof(BlockQ8_0x8), (cols / gg::kQK) * sizeof(BlockQ8_0x8));
-      Acc8 s[T];
-      for (int c = 0; c < 8; ++c) {
-        const __m256i q = load(wb[b].qs + 32 * c);
-        const __m256i u = _mm256_abs_epi8(q);
-        for (int t = 0; t < T; ++t) s[t].add(u, _mm256_sign_epi8(bcast4(ar[t][b].qs + 4 * c), q));
+      for (int g = 0; g < G; ++g) {
+        prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ8_0x8));
+        Acc8 s[T];
+        for (int c = 0; c < 8; ++c) {
+          const __m256i q = load(wb[g][b].qs + 32 * c);
+          const __m256i u = _mm256_abs_epi8(q);
+          for (int t = 0; t < T; ++t) s[t].add(u, _mm256_sign_epi8(bcast4(ar[t][b].qs + 4 * c), q));
+        }
+        const __m256 d = f16x8(wb[g][b].d);
+        for (int t = 0; t < T; ++t)
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[g][t]);
       }
-      const __m256 d = f16x8(wb[b].d);
-      for (int t = 0; t < T; ++t)
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[t]);
     }
-    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], acc[t]);
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
 
@@ -153,52 +157,55 @@ struct Q8_0 {
 // activations' per-16 sums (bsums).
 struct Q4_K {
   static constexpr int kMaxT = 2;
-  template <int T>
-  static void run(const uint8_t* group, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
-    const auto* wb = reinterpret_cast<const BlockQ4_Kx8*>(group);
+  template <int T, int G>
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+    const BlockQ4_Kx8* wb[G];
+    for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ4_Kx8*>(group + g * gstride);
     const gg::BlockQ8_K* ar[T];
-    __m256 acc[T];
-    for (int t = 0; t < T; ++t) {
-      ar[t] = reinterpret_cast<const gg::BlockQ8_K*>(act + t * as);
-      acc[t] = _mm256_setzero_ps();
-    }
+    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const gg::BlockQ8_K*>(act + t * as);
+    __m256 acc[G][T];
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK_K; ++b) {
-      const BlockQ4_Kx8& w = wb[b];
-      prefetch_record(reinterpret_cast<const uint8_t*>(wb + b), sizeof(BlockQ4_Kx8), (cols / gg::kQK_K) * sizeof(BlockQ4_Kx8));
-      __m256i isum[T];
-      for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
-      for (int h = 0; h < 4; ++h) {
-        Acc4 lo[T], hi[T];
-        for (int c = 0; c < 8; ++c) {
-          const __m256i q = load(w.qs + 256 * h + 32 * c);
-          const __m256i l = _mm256_and_si256(q, m4), u = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-          for (int t = 0; t < T; ++t) {
-            lo[t].add(l, bcast4(ar[t][b].qs + 64 * h + 4 * c));
-            hi[t].add(u, bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c));
+      for (int g = 0; g < G; ++g) {
+        const BlockQ4_Kx8& w = wb[g][b];
+        prefetch_record(reinterpret_cast<const uint8_t*>(&w), sizeof(BlockQ4_Kx8));
+        __m256i isum[T];
+        for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 4; ++h) {
+          Acc4 lo[T], hi[T];
+          for (int c = 0; c < 8; ++c) {
+            const __m256i q = load(w.qs + 256 * h + 32 * c);
+            const __m256i l = _mm256_and_si256(q, m4), u = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            for (int t = 0; t < T; ++t) {
+              lo[t].add(l, bcast4(ar[t][b].qs + 64 * h + 4 * c));
+              hi[t].add(u, bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c));
+            }
           }
+          const __m256i sl = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h))));
+          const __m256i sh = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h + 8))));
+          for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
         }
-        const __m256i sl = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h))));
-        const __m256i sh = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h + 8))));
-        for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
-      }
-      const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
-      for (int t = 0; t < T; ++t) {
-        // Each lane: [min of sub-block 2p, min of 2p + 1] (s16) . [their activation sums].
-        const int16_t* bs = ar[t][b].bsums;
-        __m256i msum = _mm256_setzero_si256();
-        for (int p = 0; p < 4; ++p) {
-          const __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.mins + 16 * p)));
-          const auto s0 = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
-          const auto s1 = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
-          msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(static_cast<int32_t>(s0 | (uint32_t{s1} << 16)))));
+        const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
+        for (int t = 0; t < T; ++t) {
+          // Each lane: [min of sub-block 2p, min of 2p + 1] (s16) . [their activation sums].
+          const int16_t* bs = ar[t][b].bsums;
+          __m256i msum = _mm256_setzero_si256();
+          for (int p = 0; p < 4; ++p) {
+            const __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.mins + 16 * p)));
+            const auto s0 = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
+            const auto s1 = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(static_cast<int32_t>(s0 | (uint32_t{s1} << 16)))));
+          }
+          const __m256 da = _mm256_set1_ps(ar[t][b].d);
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[g][t]);
+          acc[g][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[g][t]);
         }
-        const __m256 da = _mm256_set1_ps(ar[t][b].d);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[t]);
-        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[t]);
       }
     }
-    for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[t], acc[t]);
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
 
