@@ -358,6 +358,7 @@ void check_w8a8(int64_t n, int64_t k, const std::vector<int64_t>& ms) {
 TEST(CudaW8A8, SmallAndOddShapes) {
   REQUIRE_GPU();
   check_w8a8(130, 192, {1, 3, 64, 129});
+  check_w8a8(132, 192, {1, 3, 64, 129});  // N % 4 == 0: the cuBLAS path too
 }
 
 TEST(CudaW8A8, IssueShapes) {
