@@ -55,7 +55,7 @@ inline void act_ptrs(const uint8_t* act, size_t as, const Block* (&out)[T]) {
 
 // ---- Q6_K x Q8_K: sum sc (q - 32) a = sum sc q a - 32 sum sc bsum ---------------------------------
 struct Q6_K {
-  static constexpr int kGemvRows = 2, kGemmRows = 1;
+  static constexpr int kGemvRows = 1, kGemmRows = 1;  // two rows at once: 2x slower (bench_kernels q6_k-a8)
   template <int R, int T>
   static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
     const gg::BlockQ6_K* wr[R];
