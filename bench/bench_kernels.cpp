@@ -4,7 +4,7 @@
 //   BM_Gemv/<fmt>/<rows>x<cols>   one token: GB/s of weight bytes read and the fraction of the
 //                      measured bandwidth (weights rotate over copies so the working set exceeds L3)
 //   BM_Sgemm/<M>       OpenBLAS sgemm on the dequantized f32 weight [4096, 4096], M tokens
-//   BM_Gemm/<fmt>/<M>  the kernels on the same shape: GFLOP/s and the fraction of sgemm's
+//   BM_Gemm/<fmt>[-a8]/<M>  the kernels on the same shape: GFLOP/s and the fraction of sgemm's
 // Threads: QFORGE_BENCH_THREADS (default 2) for OpenMP and OpenBLAS. Pin them, e.g.
 //   OMP_PROC_BIND=close OMP_PLACES=cores ./build/bench/bench_kernels
 // QFORGE_ISA selects the kernel level as everywhere.
@@ -193,10 +193,10 @@ void BM_Sgemm(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(flop / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BM_Gemm(benchmark::State& state, std::string scheme) {
+void BM_Gemm(benchmark::State& state, std::string scheme, qforge::kernels::ActPrecision precision) {
   set_threads();
   const int64_t m = state.range(0);
-  KernelMatrix km = KernelMatrix::create(make_weight(scheme, kGemmN, kGemmK)).value();
+  KernelMatrix km = KernelMatrix::create(make_weight(scheme, kGemmN, kGemmK), precision).value();
   std::vector<float> x(static_cast<size_t>(m * kGemmK), 0.25f), y(static_cast<size_t>(m * kGemmN));
   for (auto _ : state) {
     km.matmul(x.data(), m, y.data());
@@ -288,11 +288,16 @@ int main(int argc, char** argv) {
       }
   benchmark::RegisterBenchmark("BM_Sgemm", BM_Sgemm)->RangeMultiplier(2)->Range(64, 512)->UseRealTime()->Unit(benchmark::kMillisecond);
   for (const char* s : kGemmSchemes)
-    benchmark::RegisterBenchmark((std::string("BM_Gemm/") + s).c_str(), BM_Gemm, std::string(s))
-        ->RangeMultiplier(2)
-        ->Range(64, 512)
-        ->UseRealTime()
-        ->Unit(benchmark::kMillisecond);
+    for (auto p : {qforge::kernels::ActPrecision::int8x2, qforge::kernels::ActPrecision::int8}) {
+      const std::string sn(s);
+      if ((sn == "f16" || sn == "int4-g128-asym") && p == qforge::kernels::ActPrecision::int8) continue;
+      benchmark::RegisterBenchmark((std::string("BM_Gemm/") + s + (p == qforge::kernels::ActPrecision::int8 ? "-a8" : "")).c_str(),
+                                   BM_Gemm, sn, p)
+          ->RangeMultiplier(2)
+          ->Range(64, 512)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
+    }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
