@@ -2,7 +2,9 @@
 //   BM_ReadBandwidth/<streams per thread>   streaming sum over a buffer far larger than the L3 (the
 //                      roofline for decode)
 //   BM_Gemv/<fmt>/<rows>x<cols>   one token: GB/s of weight bytes read and the fraction of the
-//                      measured bandwidth (weights rotate over copies so the working set exceeds L3)
+//                      measured bandwidth: of_bw against the probe at the start, of_near_bw against
+//                      one taken right before the benchmark (near_bw_GB/s); weights rotate over
+//                      copies so the working set exceeds L3
 //   BM_Sgemm/<M>       OpenBLAS sgemm on the dequantized f32 weight [4096, 4096], M tokens
 //   BM_Gemm/<fmt>[-a8]/<M>  the kernels on the same shape: GFLOP/s and the fraction of sgemm's
 // Threads: QFORGE_BENCH_THREADS (default 2) for OpenMP and OpenBLAS. Pin them, e.g.
@@ -148,6 +150,25 @@ struct GemvSetup {
   size_t bytes = 0;
 };
 
+// Best of two reads of a 512 MiB buffer at each of 1, 2, 4 and 8 streams per thread (about 0.2 s).
+double nearby_read_bandwidth() {
+  static std::unique_ptr<uint64_t[]> buf;
+  const size_t bytes = size_t{512} << 20;
+  if (!buf) {
+    buf.reset(new uint64_t[bytes / sizeof(uint64_t)]);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
+  }
+  double best = 0;
+  for (const int streams : {1, 2, 4, 8})
+    for (int rep = 0; rep < 2; ++rep) {
+      const double t0 = omp_get_wtime();
+      const size_t read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, streams);
+      best = std::max(best, static_cast<double>(read) / (omp_get_wtime() - t0));
+    }
+  return best;
+}
+
 void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t cols,
              qforge::kernels::ActPrecision precision) {
   set_threads();
@@ -161,6 +182,9 @@ void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t 
     for (size_t i = 1; i < copies; ++i) s.copies.push_back(KernelMatrix::create(q, precision).value());
   }
   std::vector<float> x(static_cast<size_t>(cols), 0.5f), y(static_cast<size_t>(rows));
+  // The read bandwidth right before this benchmark: this machine's bandwidth drifts over minutes,
+  // so a fraction against the probe taken at the start can move by +-10 % from drift alone.
+  const double bw = nearby_read_bandwidth();
   size_t i = 0;
   for (auto _ : state) {
     s.copies[i].matmul(x.data(), 1, y.data());
@@ -173,6 +197,9 @@ void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t 
   // Counters are finalised after the loop, so compute from the timer here.
   state.counters["of_bw"] = benchmark::Counter(
       g_read_bandwidth > 0 ? static_cast<double>(s.bytes) / g_read_bandwidth : 0, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["near_bw_GB/s"] = bw / 1e9;
+  state.counters["of_near_bw"] =
+      benchmark::Counter(static_cast<double>(s.bytes) / bw, benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(qforge::kernels::isa_name(s.copies[0].variant_for(qforge::kernels::active_isa())));
 }
 
