@@ -30,13 +30,6 @@ inline int hsum_i32(__m256i v) {
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-// 16 bytes of nibbles -> 32 bytes: byte j = low nibble of byte j, byte 16 + j = its high nibble.
-inline __m256i unpack_nibbles(const uint8_t* p) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
-}
-
 // Sum over pairs of u8 * s8 into 8 s32 lanes.
 inline __m256i dot_u8s8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
