@@ -57,7 +57,15 @@ struct Acc4 {
   __m256i v = _mm256_setzero_si256();
   void add(__m256i u, __m256i s) { v = _mm256_dpbusd_epi32(v, u, s); }
   __m256i sum() const { return v; }
-  static __m256i scale_operand(__m256i sc32) { return sc32; }
+  // The 8 rows' scales of sub-blocks j (bytes 0..7 of `sc16`) and j + 1 (bytes 8..15), one int32
+  // lane per row.
+  static void scale_operands(const uint8_t* sc16, __m256i* sj, __m256i* sj1) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc16)));
+    *sj = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1,  //
+                                                  4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7, -1, -1, -1));
+    *sj1 = _mm256_shuffle_epi8(v, _mm256_setr_epi8(8, -1, -1, -1, 9, -1, -1, -1, 10, -1, -1, -1, 11, -1, -1, -1,  //
+                                                   12, -1, -1, -1, 13, -1, -1, -1, 14, -1, -1, -1, 15, -1, -1, -1));
+  }
   __m256i scaled(__m256i op) const { return _mm256_mullo_epi32(v, op); }
 };
 using Acc8 = Acc4;
@@ -69,7 +77,15 @@ struct Acc4 {
   void add(__m256i u, __m256i s) { v = _mm256_add_epi16(v, _mm256_maddubs_epi16(u, s)); }
   __m256i sum() const { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
   // madd with (scale, scale) in each lane's two s16 halves: the lane's sum times its row's scale.
-  static __m256i scale_operand(__m256i sc32) { return _mm256_or_si256(sc32, _mm256_slli_epi32(sc32, 16)); }
+  // The 8 rows' scales of sub-blocks j (bytes 0..7 of `sc16`) and j + 1 (bytes 8..15) as such
+  // operands: one in-lane byte shuffle each (lane i of the vector = row i).
+  static void scale_operands(const uint8_t* sc16, __m256i* sj, __m256i* sj1) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc16)));
+    *sj = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,  //
+                                                  4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1));
+    *sj1 = _mm256_shuffle_epi8(v, _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1,  //
+                                                   12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1));
+  }
   __m256i scaled(__m256i op) const { return _mm256_madd_epi16(v, op); }
 };
 // 8-bit codes: a pair reaches 2 * 128 * 127 = 32512, so each maddubs is widened at once.
@@ -168,6 +184,16 @@ struct Q4_K {
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK_K; ++b) {
+      // Activation sums of sub-blocks (2p, 2p + 1) as s16 pairs, shared by the G groups.
+      int32_t pairs[T][4];
+      for (int t = 0; t < T; ++t) {
+        const int16_t* bs = ar[t][b].bsums;
+        for (int p = 0; p < 4; ++p) {
+          const auto s0 = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
+          const auto s1 = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
+          pairs[t][p] = static_cast<int32_t>(s0 | (uint32_t{s1} << 16));
+        }
+      }
       for (int g = 0; g < G; ++g) {
         const BlockQ4_Kx8& w = wb[g][b];
         prefetch_record(reinterpret_cast<const uint8_t*>(&w), sizeof(BlockQ4_Kx8));
@@ -183,20 +209,17 @@ struct Q4_K {
               hi[t].add(u, bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c));
             }
           }
-          const __m256i sl = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h))));
-          const __m256i sh = Acc4::scale_operand(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 16 * h + 8))));
+          __m256i sl, sh;
+          Acc4::scale_operands(w.scales + 16 * h, &sl, &sh);
           for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
         }
         const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
         for (int t = 0; t < T; ++t) {
           // Each lane: [min of sub-block 2p, min of 2p + 1] (s16) . [their activation sums].
-          const int16_t* bs = ar[t][b].bsums;
           __m256i msum = _mm256_setzero_si256();
           for (int p = 0; p < 4; ++p) {
             const __m256i mn = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.mins + 16 * p)));
-            const auto s0 = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
-            const auto s1 = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
-            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(static_cast<int32_t>(s0 | (uint32_t{s1} << 16)))));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(pairs[t][p])));
           }
           const __m256 da = _mm256_set1_ps(ar[t][b].d);
           acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[g][t]);
