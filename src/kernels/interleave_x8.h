@@ -53,6 +53,19 @@ struct BlockQ4_Kx8 {
 };
 static_assert(sizeof(BlockQ4_Kx8) == 1184);
 
+// 256 columns of 8 rows. scales[8 j + i]: scale of sub-block j (columns 16j..16j+15) of row i.
+// ql[512 n + 256 h + 32 c + 4 i + t] = GGUF ql[64 n + 32 h + 4 c + t] of row i and
+// qh[256 n + 32 c + 4 i + t] = GGUF qh[32 n + 4 c + t] of row i (n, h = 0..1, c = 0..7): one 32-byte
+// load of each holds, for 4 columns of all 8 rows, the low bits of columns 128n + 32g + 4c + t
+// (g = h: low nibbles, g = 2 + h: high nibbles) and the 2 high bits of all four g.
+struct BlockQ6_Kx8 {
+  uint16_t d[kX8];
+  int8_t scales[kX8 * 16];
+  uint8_t ql[kX8 * formats::gguf::kQK_K / 2];
+  uint8_t qh[kX8 * formats::gguf::kQK_K / 4];
+};
+static_assert(sizeof(BlockQ6_Kx8) == 1680);
+
 // Whether `format` runs in an x8 layout.
 bool has_x8_layout(FormatId format);
 

@@ -93,6 +93,37 @@ void unpack_q4_k(const uint8_t* rec, int i, uint8_t* out) {
   std::memcpy(out, &dst, sizeof dst);
 }
 
+void pack_q6_k(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec) {
+  auto* o = reinterpret_cast<BlockQ6_Kx8*>(rec);
+  for (int i = 0; i < kX8; ++i) {
+    if (rows[i] == nullptr) continue;
+    gg::BlockQ6_K src;
+    std::memcpy(&src, rows[i] + b * sizeof src, sizeof src);
+    o->d[i] = src.d;
+    for (int j = 0; j < 16; ++j) o->scales[8 * j + i] = src.scales[j];
+    for (int n = 0; n < 2; ++n)
+      for (int c = 0; c < 8; ++c)
+        for (int t = 0; t < 4; ++t) {
+          for (int h = 0; h < 2; ++h) o->ql[512 * n + 256 * h + 32 * c + 4 * i + t] = src.ql[64 * n + 32 * h + 4 * c + t];
+          o->qh[256 * n + 32 * c + 4 * i + t] = src.qh[32 * n + 4 * c + t];
+        }
+  }
+}
+
+void unpack_q6_k(const uint8_t* rec, int i, uint8_t* out) {
+  const auto* r = reinterpret_cast<const BlockQ6_Kx8*>(rec);
+  gg::BlockQ6_K dst;
+  dst.d = r->d[i];
+  for (int j = 0; j < 16; ++j) dst.scales[j] = r->scales[8 * j + i];
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 8; ++c)
+      for (int t = 0; t < 4; ++t) {
+        for (int h = 0; h < 2; ++h) dst.ql[64 * n + 32 * h + 4 * c + t] = r->ql[512 * n + 256 * h + 32 * c + 4 * i + t];
+        dst.qh[32 * n + 4 * c + t] = r->qh[256 * n + 32 * c + 4 * i + t];
+      }
+  std::memcpy(out, &dst, sizeof dst);
+}
+
 // The x8 layouts: GGUF block of `block` columns and `gguf_bytes`, record bytes, converters.
 struct X8Format {
   FormatId format;
@@ -107,6 +138,7 @@ constexpr X8Format kX8Formats[] = {
     {FormatId::gguf_q4_0, gg::kQK, sizeof(gg::BlockQ4_0), sizeof(BlockQ4_0x8), pack_q4_0, unpack_q4_0},
     {FormatId::gguf_q8_0, gg::kQK, sizeof(gg::BlockQ8_0), sizeof(BlockQ8_0x8), pack_q8_0, unpack_q8_0},
     {FormatId::gguf_q4_k, gg::kQK_K, sizeof(gg::BlockQ4_K), sizeof(BlockQ4_Kx8), pack_q4_k, unpack_q4_k},
+    {FormatId::gguf_q6_k, gg::kQK_K, sizeof(gg::BlockQ6_K), sizeof(BlockQ6_Kx8), pack_q6_k, unpack_q6_k},
 };
 
 const X8Format* find_x8(FormatId f) {

@@ -37,70 +37,6 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
 
 inline __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-template <class Block, int R>
-inline void row_ptrs(const WeightView& w, int64_t r, const Block* (&out)[R]) {
-  for (int i = 0; i < R; ++i) out[i] = reinterpret_cast<const Block*>(w.data + (r + i) * w.row_stride);
-}
-template <class Block, int T>
-inline void act_ptrs(const uint8_t* act, size_t as, const Block* (&out)[T]) {
-  for (int t = 0; t < T; ++t) out[t] = reinterpret_cast<const Block*>(act + t * as);
-}
-
-// ---- Q6_K x Q8_K: sum sc (q - 32) a = sum sc q a - 32 sum sc bsum ---------------------------------
-struct Q6_K {
-  static constexpr int kGemvRows = 1, kGemmRows = 1;  // two rows at once: 2x slower (bench_kernels q6_k-a8)
-  template <int R, int T>
-  static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
-    const gg::BlockQ6_K* wr[R];
-    const gg::BlockQ8_K* ar[T];
-    row_ptrs(w, r, wr);
-    act_ptrs(act, as, ar);
-    __m256 acc[R][T];
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
-    const int64_t nb = w.cols / gg::kQK_K;
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256i isum[R][T];
-      __m256i scw[R];
-      for (int i = 0; i < R; ++i) {
-        scw[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[i][b].scales)));
-        for (int t = 0; t < T; ++t) {
-          // -32 * sum_s sc_s * bsum_s, exact in int32.
-          const __m256i m = _mm256_madd_epi16(scw[i], loadu256(ar[t][b].bsums));
-          isum[i][t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(m, 5));
-        }
-      }
-      for (int n = 0; n < 2; ++n) {
-        for (int g = 0; g < 4; ++g) {
-          __m256i q[R], s[R];
-          for (int i = 0; i < R; ++i) {
-            const __m256i ql = loadu256(wr[i][b].ql + 64 * n + 32 * (g & 1));
-            const __m256i qh = loadu256(wr[i][b].qh + 32 * n);
-            const __m256i low = _mm256_and_si256(g >> 1 ? _mm256_srli_epi16(ql, 4) : ql, m4);
-            const __m256i high = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2);
-            q[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
-            const int k = 8 * n + 2 * g;
-            s[i] = _mm256_set_m128i(_mm_set1_epi16(wr[i][b].scales[k + 1]), _mm_set1_epi16(wr[i][b].scales[k]));
-          }
-          for (int t = 0; t < T; ++t) {
-            const __m256i a = loadu256(ar[t][b].qs + 128 * n + 32 * g);
-            for (int i = 0; i < R; ++i)
-              isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
-          }
-        }
-      }
-      for (int i = 0; i < R; ++i) {
-        const float d = h2f(wr[i][b].d);
-        for (int t = 0; t < T; ++t)
-          acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), _mm256_set1_ps(d * ar[t][b].d), acc[i][t]);
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]);
-  }
-};
-
 // ---- int8 W8A8: exact int32 dot, then scale_w * scale_x ------------------------------------------
 struct Int8 {
   static constexpr int kGemvRows = 4, kGemmRows = 2;
@@ -243,7 +179,7 @@ void register_avx2_kernels() {
   registry_entry(FormatId::gguf_q8_0)->tile[a] = tile_driver_x8<x8::Q8_0>;
   registry_entry(FormatId::gguf_q4_0)->tile[a] = tile_driver_x8<x8::Q4_0>;
   registry_entry(FormatId::gguf_q4_k)->tile[a] = tile_driver_x8<x8::Q4_K>;
-  registry_entry(FormatId::gguf_q6_k)->tile[a] = tile_driver<Q6_K>;
+  registry_entry(FormatId::gguf_q6_k)->tile[a] = tile_driver_x8<x8::Q6_K>;
   registry_entry(FormatId::int_sym)->tile[a] = tile_driver<Int8>;
   registry_entry(FormatId::int_asym)->tile[a] = tile_driver<Int4>;
   registry_entry(FormatId::f16)->tile[a] = tile_driver<Half<false>>;

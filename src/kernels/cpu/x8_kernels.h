@@ -232,6 +232,91 @@ struct Q4_K {
   }
 };
 
+// sum_j d sc_j (q - 32) . a = d (sum_j sc_j (q . a)_j - 32 sum_j sc_j (sum a)_j), sub-blocks of 16,
+// the second from the activations' bsums. q (6 bits) is rebuilt from ql's nibble and qh's 2 bits
+// per byte; maddubs pairs are at most 2 * 63 * 127 = 16002, so two chunks add in s16.
+struct Q6_K {
+  static constexpr int kMaxT = 4;
+  // Signed scales of the 8 rows, sign-extended to s16: lane i = (v[a(i)], v[b(i)]) for the byte
+  // indices the mask puts in each s16's high byte.
+  static __m256i scale_pairs(__m256i bytes, __m256i mask) { return _mm256_srai_epi16(_mm256_shuffle_epi8(bytes, mask), 8); }
+
+  template <int T, int G>
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+    const BlockQ6_Kx8* wb[G];
+    for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ6_Kx8*>(group + g * gstride);
+    const gg::BlockQ8_K* ar[T];
+    for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const gg::BlockQ8_K*>(act + t * as);
+    __m256 acc[G][T];
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    // Lane i: (byte i, byte i) for one sub-block's scale; (byte i, byte 8 + i) for the pair of
+    // sub-blocks the offset term multiplies with the bsum pairs.
+    const __m256i dup_lo = _mm256_setr_epi8(-1, 0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3,  //
+                                            -1, 4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7);
+    const __m256i pair = _mm256_setr_epi8(-1, 0, -1, 8, -1, 1, -1, 9, -1, 2, -1, 10, -1, 3, -1, 11,  //
+                                          -1, 4, -1, 12, -1, 5, -1, 13, -1, 6, -1, 14, -1, 7, -1, 15);
+    for (int64_t b = 0; b < cols / gg::kQK_K; ++b) {
+      // bsums of sub-blocks (2p, 2p + 1) as s16 pairs, shared by the G groups.
+      int32_t bpairs[T][8];
+      for (int t = 0; t < T; ++t)
+        for (int p = 0; p < 8; ++p)
+          bpairs[t][p] = static_cast<int32_t>(static_cast<uint16_t>(ar[t][b].bsums[2 * p]) |
+                                              (uint32_t{static_cast<uint16_t>(ar[t][b].bsums[2 * p + 1])} << 16));
+      for (int g = 0; g < G; ++g) {
+        const BlockQ6_Kx8& w = wb[g][b];
+        prefetch_record(reinterpret_cast<const uint8_t*>(&w), sizeof(BlockQ6_Kx8));
+        __m256i isum[T], osum[T];
+        for (int t = 0; t < T; ++t) isum[t] = osum[t] = _mm256_setzero_si256();
+        for (int n = 0; n < 2; ++n)
+          for (int half = 0; half < 2; ++half) {  // columns 4c.. with c in [4 half, 4 half + 4): sub-block 8n + 2q + half
+            // Scales of sub-blocks 8n + 2q + half, q = 0..3 (bytes 8 (8n + 2q + half) + i).
+            __m256i sc[4];
+            for (int q = 0; q < 4; ++q) {
+              const __m256i v = _mm256_broadcastsi128_si256(
+                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.scales + 8 * (8 * n + 2 * q + half))));
+              sc[q] = scale_pairs(v, dup_lo);
+            }
+            for (int cp = 0; cp < 2; ++cp) {
+              __m256i s16[4][T];
+              for (int q = 0; q < 4; ++q)
+                for (int t = 0; t < T; ++t) s16[q][t] = _mm256_setzero_si256();
+              for (int cc = 0; cc < 2; ++cc) {
+                const int c = 4 * half + 2 * cp + cc;
+                const __m256i hb = load(w.qh + 256 * n + 32 * c);
+                const __m256i l0 = load(w.ql + 512 * n + 32 * c), l1 = load(w.ql + 512 * n + 256 + 32 * c);
+                const __m256i q6[4] = {
+                    _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+                    _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30))};
+                for (int q = 0; q < 4; ++q)
+                  for (int t = 0; t < T; ++t)
+                    s16[q][t] = _mm256_add_epi16(s16[q][t], _mm256_maddubs_epi16(q6[q], bcast4(ar[t][b].qs + 128 * n + 32 * q + 4 * c)));
+              }
+              for (int q = 0; q < 4; ++q)
+                for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[q][t], sc[q]));
+            }
+          }
+        for (int p = 0; p < 8; ++p) {
+          const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + 16 * p)));
+          const __m256i scp = scale_pairs(v, pair);
+          for (int t = 0; t < T; ++t) osum[t] = _mm256_add_epi32(osum[t], _mm256_madd_epi16(scp, _mm256_set1_epi32(bpairs[t][p])));
+        }
+        // The block's exact integer sum (|isum| < 2^28.1, |32 osum| < 2^27.1), then one FMA.
+        const __m256 d = f16x8(w.d);
+        for (int t = 0; t < T; ++t) {
+          const __m256i sum = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(osum[t], 5));
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[g][t]);
+        }
+      }
+    }
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
+  }
+};
+
 }  // namespace x8
 }  // namespace
 }  // namespace qforge::kernels

@@ -192,7 +192,7 @@ void tile_q4_k_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* a
 void tile_q6_k_ref(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act, size_t as, int64_t nt, float* y,
                    int64_t ldy) {
   const int64_t nb = w.cols / gg::kQK_K;
-  for_each_output(w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
+  for_each_output_x8(FormatId::gguf_q6_k, w, r0, r1, act, as, nt, y, ldy, [nb](const uint8_t* wr, const uint8_t* ar) {
     const auto* wb = reinterpret_cast<const gg::BlockQ6_K*>(wr);
     const auto* ab = reinterpret_cast<const gg::BlockQ8_K*>(ar);
     float acc = 0.0f;
