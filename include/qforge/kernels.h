@@ -59,9 +59,9 @@ std::optional<ActPrecision> parse_act_precision(std::string_view name);
 ActPrecision default_act_precision();
 void set_default_act_precision(ActPrecision p);
 
-// A weight [rows = out_features, cols = in_features] in the kernels' layout (Q4_0, Q8_0 and Q4_K
-// blocks interleaved 8 rows at a time, docs/kernels.md; other GGUF blocks and 16-bit values kept
-// byte for byte; planar int8/int4 weights repacked row by row with their scales).
+// A weight [rows = out_features, cols = in_features] in the kernels' layout (Q4_0, Q8_0, Q4_K and
+// Q6_K blocks interleaved 8 rows at a time, docs/kernels.md; 16-bit values kept byte for byte;
+// planar int8/int4 weights repacked row by row with their scales).
 class KernelMatrix {
  public:
   KernelMatrix();

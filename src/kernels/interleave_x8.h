@@ -1,4 +1,4 @@
-// Row-interleaved ("x8") weight layouts of Q4_0, Q8_0 and Q4_K for the CPU kernels.
+// Row-interleaved ("x8") weight layouts of Q4_0, Q8_0, Q4_K and Q6_K for the CPU kernels.
 //
 // Why: in the GGUF layout a GEMV decodes each row's block separately and ends with a horizontal
 // sum per row; the 4-bit GEMVs were compute-bound at about half the memory bandwidth. Here eight

@@ -4,9 +4,9 @@
 // registry (no switch over formats anywhere else).
 //
 // Packed layouts (row r starts at data + r * row_stride):
-//   q4_0, q8_0, q4_k:  groups of 8 rows interleaved (kernels/interleave_x8.h); group g starts at
-//                      data + g * group_stride.
-//   q6_k, f16, bf16:   the GGUF blocks / 2-byte values of the row, as stored.
+//   q4_0, q8_0, q4_k, q6_k:  groups of 8 rows interleaved (kernels/interleave_x8.h); group g
+//                      starts at data + g * group_stride.
+//   f16, bf16:         the 2-byte values of the row, as stored.
 //   int8 (W8A8):  [f32 scale][28 bytes pad][int8 q, zero-padded to a multiple of 32]
 //   int4 (asym):  per group [f32 scale][f32 zero-point] (groups_per_row pairs), then per 32
 //                 elements 16 bytes: byte j holds element j (low nibble) and j + 16 (high nibble).

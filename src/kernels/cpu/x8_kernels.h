@@ -1,11 +1,11 @@
-// Micro-kernels over the row-interleaved x8 layouts (src/kernels/interleave_x8.h): Q4_0, Q8_0 and
-// Q4_K against int8 activations. Included by the AVX2 and the AVX-512 VNNI units; each compiles its
-// own copy (internal linkage) with its own flags, and the integer accumulator below picks vpdpbusd
-// where the unit has it.
+// Micro-kernels over the row-interleaved x8 layouts (src/kernels/interleave_x8.h): Q4_0, Q8_0, Q4_K
+// and Q6_K against int8 activations (Q6_K registered at AVX2 only). Included by the AVX2 and the
+// AVX-512 VNNI units; each compiles its own copy (internal linkage) with its own flags, and the
+// integer accumulator below picks vpdpbusd where the unit has it.
 //
 // Per block and token, each 32-byte load of codes holds 4 columns of the 8 rows; one broadcast of
 // the 4 matching activation bytes gives the 8 rows' partial dot products in the 8 lanes. The
-// integer dot of a block (or Q4_K sub-block) is exact, so every variant computes the same integers
+// integer dot of a block (or K-quant sub-block) is exact, so every variant computes the same integers
 // as the reference; the f32 accumulation is one chain per (row, token) in block order, whatever
 // the number of tokens T a call covers (bit-identical between batch and token-by-token calls).
 #pragma once
