@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "kernels/cpu/simd_reduce.h"
 #include "kernels/kernel_registry.h"
 
 namespace qforge::kernels {
@@ -14,20 +15,6 @@ namespace {
 namespace gg = formats::gguf;
 
 inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
-
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-inline int hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
 
 // std::round (half away from zero) then clamp to +-127, as int32 lanes; NaN (0 * inf when d is
 // subnormal) -> 0, as the scalar round_q8.
@@ -71,7 +58,8 @@ void q8_32_one(const float* x, ActQ8Block* out, float* residual) {
   __m256i q[4];
   const float d = quantize_block<32>(x, out->qs, q, residual);
   out->d = d;
-  out->s = d * static_cast<float>(hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]))));
+  const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+  out->s = d * static_cast<float>(hsum_i32(sum));
 }
 
 void q8_32(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) {
@@ -85,7 +73,8 @@ void q8_32(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) 
 void q8_k_one(const float* x, gg::BlockQ8_K* out, float* residual) {
   __m256i q[gg::kQK_K / 8];
   out->d = quantize_block<gg::kQK_K>(x, out->qs, q, residual);
-  for (int j = 0; j < gg::kQK_K / 16; ++j) out->bsums[j] = static_cast<int16_t>(hsum_i32(_mm256_add_epi32(q[2 * j], q[2 * j + 1])));
+  for (int j = 0; j < gg::kQK_K / 16; ++j)
+    out->bsums[j] = static_cast<int16_t>(hsum_i32(_mm256_add_epi32(q[2 * j], q[2 * j + 1])));
 }
 
 void q8_k(const float* x, int64_t cols, gg::BlockQ8_K* out, gg::BlockQ8_K* residual) {

@@ -8,25 +8,12 @@
 #include <cstring>
 
 #include "kernels/cpu/tile_driver.h"
+#include "kernels/cpu/simd_reduce.h"
 #include "kernels/cpu/x8_kernels.h"
 
 namespace qforge::kernels {
 namespace {
 namespace gg = formats::gguf;
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline int hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 

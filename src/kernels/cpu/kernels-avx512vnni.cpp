@@ -9,18 +9,12 @@
 #include <cstring>
 
 #include "kernels/cpu/tile_driver.h"
+#include "kernels/cpu/simd_reduce.h"
 #include "kernels/cpu/x8_kernels.h"
 
 namespace qforge::kernels {
 namespace {
 namespace gg = formats::gguf;
-
-inline int hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
 
 inline __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
