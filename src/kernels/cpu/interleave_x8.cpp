@@ -10,73 +10,73 @@ namespace gg = formats::gguf;
 
 namespace {
 
-// Each layout: record <-> the 8 rows' GGUF blocks (rows[i] null = padding row, left zero).
-using PackFn = void (*)(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec);
-using UnpackFn = void (*)(const uint8_t* rec, int i, uint8_t* out);
+// Every code array of every layout is interleaved the same way: byte k of row i's array is byte
+// x8_byte(i, k) of the record's, so each 32 bytes hold 4 consecutive bytes of all 8 rows (row i
+// in bytes 4i..4i+3), the load the micro-kernels make.
+constexpr size_t x8_byte(int i, size_t k) { return 8 * (k / 4 * 4) + 4 * static_cast<size_t>(i) + k % 4; }
 
-void pack_q4_0(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec) {
-  auto* o = reinterpret_cast<BlockQ4_0x8*>(rec);
-  for (int i = 0; i < kX8; ++i) {
-    if (rows[i] == nullptr) continue;
-    gg::BlockQ4_0 src;
-    std::memcpy(&src, rows[i] + b * sizeof src, sizeof src);
-    o->d[i] = src.d;
-    for (int c = 0; c < 4; ++c)
-      for (int j = 0; j < 4; ++j) o->qs[32 * c + 4 * i + j] = src.qs[4 * c + j];
-  }
+template <class T>
+void put_row(T* x8, const T* row, size_t n, int i) {
+  for (size_t k = 0; k < n; ++k) x8[x8_byte(i, k)] = row[k];
 }
 
-void unpack_q4_0(const uint8_t* rec, int i, uint8_t* out) {
+template <class T>
+void get_row(T* row, const T* x8, size_t n, int i) {
+  for (size_t k = 0; k < n; ++k) row[k] = x8[x8_byte(i, k)];
+}
+
+// Each layout: row i's GGUF block into its record, and back.
+using PackFn = void (*)(const uint8_t* block, int i, uint8_t* rec);
+using UnpackFn = void (*)(const uint8_t* rec, int i, uint8_t* block);
+
+void pack_q4_0(const uint8_t* block, int i, uint8_t* rec) {
+  gg::BlockQ4_0 src;
+  std::memcpy(&src, block, sizeof src);
+  auto* o = reinterpret_cast<BlockQ4_0x8*>(rec);
+  o->d[i] = src.d;
+  put_row(o->qs, src.qs, sizeof src.qs, i);
+}
+
+void unpack_q4_0(const uint8_t* rec, int i, uint8_t* block) {
   const auto* r = reinterpret_cast<const BlockQ4_0x8*>(rec);
   gg::BlockQ4_0 dst;
   dst.d = r->d[i];
-  for (int c = 0; c < 4; ++c)
-    for (int j = 0; j < 4; ++j) dst.qs[4 * c + j] = r->qs[32 * c + 4 * i + j];
-  std::memcpy(out, &dst, sizeof dst);
+  get_row(dst.qs, r->qs, sizeof dst.qs, i);
+  std::memcpy(block, &dst, sizeof dst);
 }
 
-void pack_q8_0(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec) {
+void pack_q8_0(const uint8_t* block, int i, uint8_t* rec) {
+  gg::BlockQ8_0 src;
+  std::memcpy(&src, block, sizeof src);
   auto* o = reinterpret_cast<BlockQ8_0x8*>(rec);
-  for (int i = 0; i < kX8; ++i) {
-    if (rows[i] == nullptr) continue;
-    gg::BlockQ8_0 src;
-    std::memcpy(&src, rows[i] + b * sizeof src, sizeof src);
-    o->d[i] = src.d;
-    for (int c = 0; c < 8; ++c)
-      for (int j = 0; j < 4; ++j) o->qs[32 * c + 4 * i + j] = src.qs[4 * c + j];
-  }
+  o->d[i] = src.d;
+  put_row(o->qs, src.qs, sizeof src.qs, i);
 }
 
-void unpack_q8_0(const uint8_t* rec, int i, uint8_t* out) {
+void unpack_q8_0(const uint8_t* rec, int i, uint8_t* block) {
   const auto* r = reinterpret_cast<const BlockQ8_0x8*>(rec);
   gg::BlockQ8_0 dst;
   dst.d = r->d[i];
-  for (int c = 0; c < 8; ++c)
-    for (int j = 0; j < 4; ++j) dst.qs[4 * c + j] = r->qs[32 * c + 4 * i + j];
-  std::memcpy(out, &dst, sizeof dst);
+  get_row(dst.qs, r->qs, sizeof dst.qs, i);
+  std::memcpy(block, &dst, sizeof dst);
 }
 
-void pack_q4_k(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec) {
+void pack_q4_k(const uint8_t* block, int i, uint8_t* rec) {
+  gg::BlockQ4_K src;
+  std::memcpy(&src, block, sizeof src);
   auto* o = reinterpret_cast<BlockQ4_Kx8*>(rec);
-  for (int i = 0; i < kX8; ++i) {
-    if (rows[i] == nullptr) continue;
-    gg::BlockQ4_K src;
-    std::memcpy(&src, rows[i] + b * sizeof src, sizeof src);
-    o->d[i] = src.d;
-    o->dmin[i] = src.dmin;
-    for (int j = 0; j < 8; ++j) {
-      uint8_t sc, m;
-      gg::unpack_scale_min_k4(j, src.scales, &sc, &m);
-      o->scales[8 * j + i] = sc;
-      o->mins[16 * (j / 2) + 2 * i + j % 2] = m;
-    }
-    for (int h = 0; h < 4; ++h)
-      for (int c = 0; c < 8; ++c)
-        for (int t = 0; t < 4; ++t) o->qs[256 * h + 32 * c + 4 * i + t] = src.qs[32 * h + 4 * c + t];
+  o->d[i] = src.d;
+  o->dmin[i] = src.dmin;
+  for (int j = 0; j < 8; ++j) {
+    uint8_t sc, m;
+    gg::unpack_scale_min_k4(j, src.scales, &sc, &m);
+    o->scales[8 * j + i] = sc;
+    o->mins[16 * (j / 2) + 2 * i + j % 2] = m;
   }
+  put_row(o->qs, src.qs, sizeof src.qs, i);
 }
 
-void unpack_q4_k(const uint8_t* rec, int i, uint8_t* out) {
+void unpack_q4_k(const uint8_t* rec, int i, uint8_t* block) {
   const auto* r = reinterpret_cast<const BlockQ4_Kx8*>(rec);
   gg::BlockQ4_K dst;
   dst.d = r->d[i];
@@ -87,41 +87,28 @@ void unpack_q4_k(const uint8_t* rec, int i, uint8_t* out) {
     m[j] = r->mins[16 * (j / 2) + 2 * i + j % 2];
   }
   gg::pack_scale_min_k4(sc, m, dst.scales);
-  for (int h = 0; h < 4; ++h)
-    for (int c = 0; c < 8; ++c)
-      for (int t = 0; t < 4; ++t) dst.qs[32 * h + 4 * c + t] = r->qs[256 * h + 32 * c + 4 * i + t];
-  std::memcpy(out, &dst, sizeof dst);
+  get_row(dst.qs, r->qs, sizeof dst.qs, i);
+  std::memcpy(block, &dst, sizeof dst);
 }
 
-void pack_q6_k(const uint8_t* const rows[kX8], int64_t b, uint8_t* rec) {
+void pack_q6_k(const uint8_t* block, int i, uint8_t* rec) {
+  gg::BlockQ6_K src;
+  std::memcpy(&src, block, sizeof src);
   auto* o = reinterpret_cast<BlockQ6_Kx8*>(rec);
-  for (int i = 0; i < kX8; ++i) {
-    if (rows[i] == nullptr) continue;
-    gg::BlockQ6_K src;
-    std::memcpy(&src, rows[i] + b * sizeof src, sizeof src);
-    o->d[i] = src.d;
-    for (int j = 0; j < 16; ++j) o->scales[8 * j + i] = src.scales[j];
-    for (int n = 0; n < 2; ++n)
-      for (int c = 0; c < 8; ++c)
-        for (int t = 0; t < 4; ++t) {
-          for (int h = 0; h < 2; ++h) o->ql[512 * n + 256 * h + 32 * c + 4 * i + t] = src.ql[64 * n + 32 * h + 4 * c + t];
-          o->qh[256 * n + 32 * c + 4 * i + t] = src.qh[32 * n + 4 * c + t];
-        }
-  }
+  o->d[i] = src.d;
+  for (int j = 0; j < 16; ++j) o->scales[8 * j + i] = src.scales[j];
+  put_row(o->ql, src.ql, sizeof src.ql, i);
+  put_row(o->qh, src.qh, sizeof src.qh, i);
 }
 
-void unpack_q6_k(const uint8_t* rec, int i, uint8_t* out) {
+void unpack_q6_k(const uint8_t* rec, int i, uint8_t* block) {
   const auto* r = reinterpret_cast<const BlockQ6_Kx8*>(rec);
   gg::BlockQ6_K dst;
   dst.d = r->d[i];
   for (int j = 0; j < 16; ++j) dst.scales[j] = r->scales[8 * j + i];
-  for (int n = 0; n < 2; ++n)
-    for (int c = 0; c < 8; ++c)
-      for (int t = 0; t < 4; ++t) {
-        for (int h = 0; h < 2; ++h) dst.ql[64 * n + 32 * h + 4 * c + t] = r->ql[512 * n + 256 * h + 32 * c + 4 * i + t];
-        dst.qh[32 * n + 4 * c + t] = r->qh[256 * n + 32 * c + 4 * i + t];
-      }
-  std::memcpy(out, &dst, sizeof dst);
+  get_row(dst.ql, r->ql, sizeof dst.ql, i);
+  get_row(dst.qh, r->qh, sizeof dst.qh, i);
+  std::memcpy(block, &dst, sizeof dst);
 }
 
 // The x8 layouts: GGUF block of `block` columns and `gguf_bytes`, record bytes, converters.
@@ -166,14 +153,12 @@ void pack_x8(FormatId format, const uint8_t* src, size_t src_row_bytes, int64_t 
   const X8Format& geo = x8_of(format);
   const int64_t nb = cols / geo.block;
   const size_t group_bytes = x8_group_bytes(format, cols);
-  for (int64_t g = 0; g * kX8 < rows; ++g) {
-    const uint8_t* row[kX8];
-    for (int i = 0; i < kX8; ++i) {
-      const int64_t r = g * kX8 + i;
-      row[i] = r < rows ? src + static_cast<size_t>(r) * src_row_bytes : nullptr;
-    }
-    uint8_t* out = dst + static_cast<size_t>(g) * group_bytes;
-    for (int64_t b = 0; b < nb; ++b) geo.pack(row, b, out + static_cast<size_t>(b) * geo.record_bytes);
+  for (int64_t r = 0; r < rows; ++r) {  // rows past `rows` in the last group stay zero
+    const uint8_t* row = src + static_cast<size_t>(r) * src_row_bytes;
+    uint8_t* group = dst + static_cast<size_t>(r / kX8) * group_bytes;
+    for (int64_t b = 0; b < nb; ++b)
+      geo.pack(row + static_cast<size_t>(b) * geo.gguf_bytes, static_cast<int>(r % kX8),
+               group + static_cast<size_t>(b) * geo.record_bytes);
   }
 }
 
