@@ -74,13 +74,16 @@ void quantize_act_q8_32(const float* x, int64_t cols, ActQ8Block* out);
 void quantize_act_q8_k(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out);
 void quantize_act_q8_row(const float* x, int64_t cols, uint8_t* out);  // header + padded codes
 void quantize_act_q8_32_x2(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual);
-void quantize_act_q8_k_x2(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out, formats::gguf::BlockQ8_K* residual);
+void quantize_act_q8_k_x2(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out,
+                          formats::gguf::BlockQ8_K* residual);
+void quantize_act_q8_row_x2(const float* x, int64_t cols, uint8_t* out, uint8_t* residual);
 
 // Vectorised activation quantizers of an ISA level, bit-identical to the scalar ones (tested);
 // `residual` null = one term. A null slot falls back to the next lower level, then to scalar.
 struct ActQuantizers {
   void (*q8_32)(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) = nullptr;
-  void (*q8_k)(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out, formats::gguf::BlockQ8_K* residual) = nullptr;
+  void (*q8_k)(const float* x, int64_t cols, formats::gguf::BlockQ8_K* out,
+               formats::gguf::BlockQ8_K* residual) = nullptr;
 };
 ActQuantizers* act_quantizer_slot(Isa isa);
 void register_avx2_act_quantizers();

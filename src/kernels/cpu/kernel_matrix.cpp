@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -245,14 +244,23 @@ struct KernelMatrix::Impl {
     return 0;
   }
 
-  void prepare_row(const float* x, uint8_t* out) const {
+  bool int_act() const {
+    return entry->act == ActKind::q8_32 || entry->act == ActKind::q8_k || entry->act == ActKind::q8_row;
+  }
+
+  // Token x into activation row hi and, for int8x2 (integer kinds only), the residual's row lo.
+  void prepare_token(const float* x, uint8_t* hi, uint8_t* lo, const ActQuantizers& aq) const {
     switch (entry->act) {
-      case ActKind::q8_32: quantize_act_q8_32(x, view.cols, reinterpret_cast<ActQ8Block*>(out)); break;
-      case ActKind::q8_k: quantize_act_q8_k(x, view.cols, reinterpret_cast<gg::BlockQ8_K*>(out)); break;
-      case ActKind::q8_row: quantize_act_q8_row(x, view.cols, out); break;
-      case ActKind::f32: std::memcpy(out, x, sizeof(float) * static_cast<size_t>(view.cols)); break;
+      case ActKind::q8_32:
+        aq.q8_32(x, view.cols, reinterpret_cast<ActQ8Block*>(hi), reinterpret_cast<ActQ8Block*>(lo));
+        break;
+      case ActKind::q8_k:
+        aq.q8_k(x, view.cols, reinterpret_cast<gg::BlockQ8_K*>(hi), reinterpret_cast<gg::BlockQ8_K*>(lo));
+        break;
+      case ActKind::q8_row: quantize_act_q8_row_x2(x, view.cols, hi, lo); break;
+      case ActKind::f32: std::memcpy(hi, x, sizeof(float) * static_cast<size_t>(view.cols)); break;
       case ActKind::f32_gsum: {
-        float* o = reinterpret_cast<float*>(out);
+        float* o = reinterpret_cast<float*>(hi);
         std::memcpy(o, x, sizeof(float) * static_cast<size_t>(view.cols));
         for (int64_t g = 0; g < view.cols / view.group; ++g) {
           float s = 0.0f;
@@ -262,51 +270,6 @@ struct KernelMatrix::Impl {
         break;
       }
     }
-  }
-
-  bool int_act() const { return entry->act == ActKind::q8_32 || entry->act == ActKind::q8_k || entry->act == ActKind::q8_row; }
-
-  // x - dequant(act row): the residual the second int8 term quantizes.
-  void residual(const float* x, const uint8_t* act, float* r) const {
-    const int64_t cols = view.cols;
-    switch (entry->act) {
-      case ActKind::q8_32: {
-        const auto* a = reinterpret_cast<const ActQ8Block*>(act);
-        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-a[i / 32].d, static_cast<float>(a[i / 32].qs[i % 32]), x[i]);
-        break;
-      }
-      case ActKind::q8_k: {
-        const auto* a = reinterpret_cast<const gg::BlockQ8_K*>(act);
-        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-a[i / 256].d, static_cast<float>(a[i / 256].qs[i % 256]), x[i]);
-        break;
-      }
-      case ActKind::q8_row: {
-        float d;
-        std::memcpy(&d, act, sizeof d);
-        const auto* q = reinterpret_cast<const int8_t*>(act + kRowHeader);
-        for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-d, static_cast<float>(q[i]), x[i]);
-        break;
-      }
-      default: break;
-    }
-  }
-
-  // Token x into activation rows hi and (int8x2, else null) lo.
-  void prepare_token(const float* x, uint8_t* hi, uint8_t* lo, const ActQuantizers& aq) const {
-    if (entry->act == ActKind::q8_32) {
-      aq.q8_32(x, view.cols, reinterpret_cast<ActQ8Block*>(hi), reinterpret_cast<ActQ8Block*>(lo));
-      return;
-    }
-    if (entry->act == ActKind::q8_k) {
-      aq.q8_k(x, view.cols, reinterpret_cast<gg::BlockQ8_K*>(hi), reinterpret_cast<gg::BlockQ8_K*>(lo));
-      return;
-    }
-    prepare_row(x, hi);
-    if (lo == nullptr) return;
-    thread_local std::vector<float> r;
-    r.resize(static_cast<size_t>(view.cols));
-    residual(x, hi, r.data());
-    prepare_row(r.data(), lo);
   }
 
   void run(const float* x, int64_t n, float* y, TileFn tile, bool threaded, Isa isa) const;

@@ -75,21 +75,44 @@ void quantize_act_q8_k(const float* x, int64_t cols, gg::BlockQ8_K* out) {
   }
 }
 
+namespace {
+
+// x - d(i) q(i) per element (one fma), into a per-thread buffer: the residual the second int8
+// term of int8x2 quantizes.
+template <class ScaleOf, class CodeOf>
+const float* residual_of(const float* x, int64_t cols, ScaleOf d, CodeOf q) {
+  thread_local std::vector<float> r;
+  r.resize(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < cols; ++i) r[static_cast<size_t>(i)] = std::fma(-d(i), static_cast<float>(q(i)), x[i]);
+  return r.data();
+}
+
+}  // namespace
+
 void quantize_act_q8_32_x2(const float* x, int64_t cols, ActQ8Block* out, ActQ8Block* residual) {
   quantize_act_q8_32(x, cols, out);
   if (residual == nullptr) return;
-  std::vector<float> r(static_cast<size_t>(cols));
-  for (int64_t i = 0; i < cols; ++i) r[i] = std::fma(-out[i / 32].d, static_cast<float>(out[i / 32].qs[i % 32]), x[i]);
-  quantize_act_q8_32(r.data(), cols, residual);
+  const float* r =
+      residual_of(x, cols, [&](int64_t i) { return out[i / 32].d; }, [&](int64_t i) { return out[i / 32].qs[i % 32]; });
+  quantize_act_q8_32(r, cols, residual);
 }
 
 void quantize_act_q8_k_x2(const float* x, int64_t cols, gg::BlockQ8_K* out, gg::BlockQ8_K* residual) {
   quantize_act_q8_k(x, cols, out);
   if (residual == nullptr) return;
-  std::vector<float> r(static_cast<size_t>(cols));
-  for (int64_t i = 0; i < cols; ++i)
-    r[i] = std::fma(-out[i / gg::kQK_K].d, static_cast<float>(out[i / gg::kQK_K].qs[i % gg::kQK_K]), x[i]);
-  quantize_act_q8_k(r.data(), cols, residual);
+  const float* r = residual_of(x, cols, [&](int64_t i) { return out[i / gg::kQK_K].d; },
+                               [&](int64_t i) { return out[i / gg::kQK_K].qs[i % gg::kQK_K]; });
+  quantize_act_q8_k(r, cols, residual);
+}
+
+void quantize_act_q8_row_x2(const float* x, int64_t cols, uint8_t* out, uint8_t* residual) {
+  quantize_act_q8_row(x, cols, out);
+  if (residual == nullptr) return;
+  float d;
+  std::memcpy(&d, out, sizeof d);
+  const auto* q = reinterpret_cast<const int8_t*>(out + kRowHeader);
+  quantize_act_q8_row(residual_of(x, cols, [d](int64_t) { return d; }, [q](int64_t i) { return q[i]; }), cols,
+                      residual);
 }
 
 void quantize_act_q8_row(const float* x, int64_t cols, uint8_t* out) {
