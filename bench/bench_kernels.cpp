@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -88,12 +89,39 @@ size_t stream_read(const uint8_t* buf, size_t bytes, int streams) {
   return read;
 }
 
-void BM_ReadBandwidth(benchmark::State& state) {
-  set_threads();
-  const size_t bytes = size_t{1} << 30;  // 1 GiB >> any L3
+// A buffer of `bytes` (a multiple of 8) filled by the threads that will read it.
+std::unique_ptr<uint64_t[]> read_buffer(size_t bytes) {
   std::unique_ptr<uint64_t[]> buf(new uint64_t[bytes / sizeof(uint64_t)]);
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
+  return buf;
+}
+
+constexpr int kStreamPatterns[] = {1, 2, 4, 8};
+
+// Several access patterns, the best counts: 1, 2, 4 and 8 sequential streams per thread over its
+// contiguous share (a GEMV reads a few rows or row groups at once; one stream alone can be limited
+// by the prefetchers' concurrency below what the memory system delivers). Best bytes/s of `reps`
+// reads per pattern; `per_pattern`, when given, receives each pattern's best.
+double best_read_bandwidth(const uint64_t* buf, size_t bytes, int reps, double* per_pattern = nullptr) {
+  double best = 0;
+  for (size_t p = 0; p < std::size(kStreamPatterns); ++p) {
+    double best_here = 0;
+    for (int rep = 0; rep < reps; ++rep) {
+      const double t0 = omp_get_wtime();
+      const size_t read = stream_read(reinterpret_cast<const uint8_t*>(buf), bytes, kStreamPatterns[p]);
+      best_here = std::max(best_here, static_cast<double>(read) / (omp_get_wtime() - t0));
+    }
+    if (per_pattern != nullptr) per_pattern[p] = best_here;
+    best = std::max(best, best_here);
+  }
+  return best;
+}
+
+void BM_ReadBandwidth(benchmark::State& state) {
+  set_threads();
+  const size_t bytes = size_t{1} << 30;  // 1 GiB >> any L3
+  const std::unique_ptr<uint64_t[]> buf = read_buffer(bytes);
   size_t read = 0;
   for (auto _ : state) read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, static_cast<int>(state.range(0)));
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(read));
@@ -150,23 +178,11 @@ struct GemvSetup {
   size_t bytes = 0;
 };
 
-// Best of two reads of a 512 MiB buffer at each of 1, 2, 4 and 8 streams per thread (about 0.2 s).
+// Best of two reads of a 512 MiB buffer at each stream pattern (about 0.2 s).
 double nearby_read_bandwidth() {
-  static std::unique_ptr<uint64_t[]> buf;
   const size_t bytes = size_t{512} << 20;
-  if (!buf) {
-    buf.reset(new uint64_t[bytes / sizeof(uint64_t)]);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
-  }
-  double best = 0;
-  for (const int streams : {1, 2, 4, 8})
-    for (int rep = 0; rep < 2; ++rep) {
-      const double t0 = omp_get_wtime();
-      const size_t read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, streams);
-      best = std::max(best, static_cast<double>(read) / (omp_get_wtime() - t0));
-    }
-  return best;
+  static const std::unique_ptr<uint64_t[]> buf = read_buffer(bytes);
+  return best_read_bandwidth(buf.get(), bytes, 2);
 }
 
 void BM_Gemv(benchmark::State& state, std::string scheme, int64_t rows, int64_t cols,
@@ -246,26 +262,12 @@ void measure_baselines() {
   set_threads();
   {
     const size_t bytes = size_t{1} << 30;
-    std::unique_ptr<uint64_t[]> buf(new uint64_t[bytes / sizeof(uint64_t)]);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < bytes / sizeof(uint64_t); ++i) buf[i] = i;
-    // Several access patterns, the best counts: 1, 2, 4 and 8 sequential streams per thread over
-    // its contiguous share (a GEMV reads a few rows or row groups at once; one stream alone can be
-    // limited by the prefetchers' concurrency below what the memory system delivers).
-    double best = 0;
+    double per_pattern[std::size(kStreamPatterns)];
+    g_read_bandwidth = best_read_bandwidth(read_buffer(bytes).get(), bytes, 5, per_pattern);
     std::printf("read bandwidth (GB/s, best of 5):");
-    for (const int streams : {1, 2, 4, 8}) {
-      double best_here = 0;
-      for (int rep = 0; rep < 5; ++rep) {
-        const double t0 = omp_get_wtime();
-        const size_t read = stream_read(reinterpret_cast<const uint8_t*>(buf.get()), bytes, streams);
-        best_here = std::max(best_here, static_cast<double>(read) / (omp_get_wtime() - t0));
-      }
-      std::printf(" %d stream%s %.2f", streams, streams == 1 ? "" : "s", best_here / 1e9);
-      best = std::max(best, best_here);
-    }
+    for (size_t p = 0; p < std::size(kStreamPatterns); ++p)
+      std::printf(" %d stream%s %.2f", kStreamPatterns[p], kStreamPatterns[p] == 1 ? "" : "s", per_pattern[p] / 1e9);
     std::printf("\n");
-    g_read_bandwidth = best;
   }
   qforge::QuantizedTensor q = make_weight("q8_0", kGemmN, kGemmK);
   std::vector<float> w(static_cast<size_t>(kGemmN * kGemmK));
