@@ -261,8 +261,8 @@ struct GptqOptions {
   // with group or per-channel scales only (gptq_refit_supports).
   bool refit = false;
   // With refit: sweeps in all, 1..64 (each later one re-runs the sweep on the scales kept so far,
-  // each row's best refit, then refits again); each row keeps the pass with the lowest objective. 4: the best of
-  // 1, 2, 4, 8 on ref-llama-25m int4-g128-asym (docs/ptq.md).
+  // each row's best refit, then refits again); each row keeps the pass with the lowest objective.
+  // 4: the best of 1, 2, 4, 8 on ref-llama-25m int4-g128-asym (docs/ptq.md).
   int refit_passes = 4;
 };
 

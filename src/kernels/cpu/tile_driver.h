@@ -48,11 +48,11 @@ void tile_driver(const WeightView& w, int64_t r0, int64_t r1, const uint8_t* act
 namespace qforge::kernels {
 
 template <class K, int T, int G>
-inline void x8_tokens(const WeightView& w, int64_t r, int64_t row_step, int64_t r1, const uint8_t* act, size_t as, float* y,
-                      int64_t ldy) {
+inline void x8_tokens(const WeightView& w, int64_t r, int64_t row_step, int64_t r1, const uint8_t* act, size_t as,
+                      float* y, int64_t ldy) {
   float out[G * T][8];
-  K::template run<T, G>(w.data + static_cast<size_t>(r / 8) * w.group_stride, static_cast<size_t>(row_step / 8) * w.group_stride,
-                        w.cols, act, as, out);
+  const size_t gstride = static_cast<size_t>(row_step / 8) * w.group_stride;
+  K::template run<T, G>(w.data + static_cast<size_t>(r / 8) * w.group_stride, gstride, w.cols, act, as, out);
   for (int g = 0; g < G; ++g) {
     const int64_t base = r + g * row_step;
     const int rows = static_cast<int>(r1 - base < 8 ? r1 - base : 8);

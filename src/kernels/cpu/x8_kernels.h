@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "kernels/cpu/tile_driver.h"
 #include "kernels/interleave_x8.h"
+#include "kernels/kernel_registry.h"
 
 namespace qforge::kernels {
 namespace {  // one copy per ISA unit
@@ -99,13 +99,15 @@ struct Acc8 {
 #endif
 
 // Kernels take G groups (gstride bytes apart) at once: with G = 2 (decode) each thread reads two
-// streams, which the memory system served faster than one in bench_kernels on the 2-core EPYC. Outputs: out[g * T + t].
+// streams, which the memory system served faster than one in bench_kernels on the 2-core EPYC.
+// Outputs: out[g * T + t].
 
 // sum (q - 8) a d_w d_a = d_w d_a sum q a - 8 d_w (d_a sum a); ActQ8Block.s = d_a sum a.
 struct Q4_0 {
   static constexpr int kMaxT = 4;
   template <int T, int G>
-  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as,
+                  float (*out)[kX8]) {
     const BlockQ4_0x8* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ4_0x8*>(group + g * gstride);
     const ActQ8Block* ar[T];
@@ -128,7 +130,8 @@ struct Q4_0 {
         }
         const __m256 d = f16x8(wb[g][b].d);
         for (int t = 0; t < T; ++t) {
-          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[g][t]);
+          const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d));
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), dd, acc[g][t]);
           acc[g][t] = _mm256_fnmadd_ps(d, _mm256_set1_ps(8.0f * ar[t][b].s), acc[g][t]);
         }
       }
@@ -142,7 +145,8 @@ struct Q4_0 {
 struct Q8_0 {
   static constexpr int kMaxT = 4;
   template <int T, int G>
-  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as,
+                  float (*out)[kX8]) {
     const BlockQ8_0x8* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ8_0x8*>(group + g * gstride);
     const ActQ8Block* ar[T];
@@ -160,8 +164,10 @@ struct Q8_0 {
           for (int t = 0; t < T; ++t) s[t].add(u, _mm256_sign_epi8(bcast4(ar[t][b].qs + 4 * c), q));
         }
         const __m256 d = f16x8(wb[g][b].d);
-        for (int t = 0; t < T; ++t)
-          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d)), acc[g][t]);
+        for (int t = 0; t < T; ++t) {
+          const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d));
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), dd, acc[g][t]);
+        }
       }
     }
     for (int g = 0; g < G; ++g)
@@ -174,7 +180,8 @@ struct Q8_0 {
 struct Q4_K {
   static constexpr int kMaxT = 2;
   template <int T, int G>
-  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as,
+                  float (*out)[kX8]) {
     const BlockQ4_Kx8* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ4_Kx8*>(group + g * gstride);
     const gg::BlockQ8_K* ar[T];
@@ -211,7 +218,8 @@ struct Q4_K {
           }
           __m256i sl, sh;
           Acc4::scale_operands(w.scales + 16 * h, &sl, &sh);
-          for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
+          for (int t = 0; t < T; ++t)
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
         }
         const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
         for (int t = 0; t < T; ++t) {
@@ -239,10 +247,13 @@ struct Q6_K {
   static constexpr int kMaxT = 4;
   // Signed scales of the 8 rows, sign-extended to s16: lane i = (v[a(i)], v[b(i)]) for the byte
   // indices the mask puts in each s16's high byte.
-  static __m256i scale_pairs(__m256i bytes, __m256i mask) { return _mm256_srai_epi16(_mm256_shuffle_epi8(bytes, mask), 8); }
+  static __m256i scale_pairs(__m256i bytes, __m256i mask) {
+    return _mm256_srai_epi16(_mm256_shuffle_epi8(bytes, mask), 8);
+  }
 
   template <int T, int G>
-  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as, float (*out)[kX8]) {
+  static void run(const uint8_t* group, size_t gstride, int64_t cols, const uint8_t* act, size_t as,
+                  float (*out)[kX8]) {
     const BlockQ6_Kx8* wb[G];
     for (int g = 0; g < G; ++g) wb[g] = reinterpret_cast<const BlockQ6_Kx8*>(group + g * gstride);
     const gg::BlockQ8_K* ar[T];
@@ -270,7 +281,8 @@ struct Q6_K {
         __m256i isum[T], osum[T];
         for (int t = 0; t < T; ++t) isum[t] = osum[t] = _mm256_setzero_si256();
         for (int n = 0; n < 2; ++n)
-          for (int half = 0; half < 2; ++half) {  // columns 4c.. with c in [4 half, 4 half + 4): sub-block 8n + 2q + half
+          // Chunks c in [4 half, 4 half + 4) of 4 columns: sub-blocks 8n + 2q + half, q = 0..3.
+          for (int half = 0; half < 2; ++half) {
             // Scales of sub-blocks 8n + 2q + half, q = 0..3 (bytes 8 (8n + 2q + half) + i).
             __m256i sc[4];
             for (int q = 0; q < 4; ++q) {
@@ -290,19 +302,23 @@ struct Q6_K {
                     _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
                     _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m30)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30))};
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                    _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30))};
                 for (int q = 0; q < 4; ++q)
                   for (int t = 0; t < T; ++t)
-                    s16[q][t] = _mm256_add_epi16(s16[q][t], _mm256_maddubs_epi16(q6[q], bcast4(ar[t][b].qs + 128 * n + 32 * q + 4 * c)));
+                    s16[q][t] = _mm256_add_epi16(
+                        s16[q][t], _mm256_maddubs_epi16(q6[q], bcast4(ar[t][b].qs + 128 * n + 32 * q + 4 * c)));
               }
               for (int q = 0; q < 4; ++q)
                 for (int t = 0; t < T; ++t) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[q][t], sc[q]));
             }
           }
         for (int p = 0; p < 8; ++p) {
-          const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + 16 * p)));
+          const __m256i v =
+              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + 16 * p)));
           const __m256i scp = scale_pairs(v, pair);
-          for (int t = 0; t < T; ++t) osum[t] = _mm256_add_epi32(osum[t], _mm256_madd_epi16(scp, _mm256_set1_epi32(bpairs[t][p])));
+          for (int t = 0; t < T; ++t)
+            osum[t] = _mm256_add_epi32(osum[t], _mm256_madd_epi16(scp, _mm256_set1_epi32(bpairs[t][p])));
         }
         // The block's exact integer sum (|isum| < 2^28.1, |32 osum| < 2^27.1), then one FMA.
         const __m256 d = f16x8(w.d);
