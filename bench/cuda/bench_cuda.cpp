@@ -1,5 +1,5 @@
 // qforge CUDA GEMM benchmark: one table of W4A16 / W8A8 / FP8 against cuBLAS on the shapes of
-// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N] [--w4a16-variants] [--w4a16-gemv]
+// a 7B-70B decoder layer. Usage: bench_cuda [--quick] [--reps N] [--w4a16-variants] [--w4a16-gemv] [--shape NxK]
 //
 // Method (docs/BENCHMARKS.md, "CUDA"): each time is the median of >= 100 launches, each timed
 // with its own pair of CUDA events after 10 warm-up launches; weights and activations rotate
@@ -98,11 +98,17 @@ Rot rotate_empty(size_t bytes, int copies) {
 
 int main(int argc, char** argv) {
   bool quick = false, variants = false, gemv_variants = false;
+  std::string only_shape;  // "NxK": the variant tables measure only this shape
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--w4a16-variants")) variants = true;
     else if (!std::strcmp(argv[i], "--w4a16-gemv")) gemv_variants = true;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = std::max(100, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) only_shape = argv[++i];
+    else {
+      std::fprintf(stderr, "bench_cuda: unknown option '%s'\n", argv[i]);
+      return 2;
+    }
   }
   if (!cuda::available()) {
     std::printf("bench_cuda: no CUDA device, nothing to measure\n");
@@ -153,6 +159,7 @@ int main(int argc, char** argv) {
     std::printf("\nW4A16 decode kernels (int4-g128-asym, bf16), us (%% of 3.01 TB/s)\n");
     for (const Shape sh : {Shape{28672, 8192}, Shape{11008, 4096}, Shape{4096, 11008}, Shape{4096, 4096}}) {
       const int64_t n = sh.n, k = sh.k;
+      if (!only_shape.empty() && only_shape != std::to_string(n) + "x" + std::to_string(k)) continue;
       std::vector<float> w = random_normal(static_cast<size_t>(n * k), 11 + static_cast<uint64_t>(n + k), 0.02f);
       std::vector<uint16_t> wb(w.size());
       for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);
@@ -184,15 +191,18 @@ int main(int argc, char** argv) {
         std::printf("%lldx%lld M=%lld bf16 %.1f | fused %.1f (%.0f%%) |", (long long)n, (long long)k, (long long)m, t_bf16, t_fused,
                     pct(t_fused));
         double best = t_fused;
-        if (m <= 8) {
-          for (int splits : {0, 1, 2, 4, 8}) {
-            cuda::w4a16_set_tuning({0, 0, 0, splits});
+        // cc = CUDA-core math (M <= 8), tc = mma.sync; s = forced in-block K split.
+        for (int tc : {1, 2}) {
+          if (tc == 1 && m > 8) continue;
+          for (int splits : {0, 2, 3, 4, 5, 6, 7, 8, 12, 16}) {
+            if (tc == 1 && splits != 0) continue;
+            cuda::w4a16_set_tuning({0, 0, 0, splits, tc});
             const double t = run(cuda::W4A16Path::gemv);
             best = std::min(best, t);
-            std::printf(" gemv/s%d %.1f (%.0f%%)", splits, t, pct(t));
+            std::printf(" %s/s%d %.1f (%.0f%%)", tc == 2 ? "tc" : "cc", splits, t, pct(t));
           }
-          cuda::w4a16_set_tuning({});
         }
+        cuda::w4a16_set_tuning({});
         std::printf(" | best x bf16 %.2f\n", t_bf16 / best);
         std::fflush(stdout);
       }
@@ -293,7 +303,7 @@ int main(int argc, char** argv) {
         });
       };
       const double t_fused = m <= 1024 ? w4run(cuda::W4A16Path::fused) : NAN;
-      const double t_gemv = m <= 8 ? w4run(cuda::W4A16Path::gemv) : NAN;
+      const double t_gemv = m <= 16 ? w4run(cuda::W4A16Path::gemv) : NAN;
       const double t_deq = m >= 16 ? w4run(cuda::W4A16Path::dequant_gemm) : NAN;
       const double t_w4 = w4run(cuda::W4A16Path::automatic);
       auto w8run = [&](cuda::W8A8Path p) {
@@ -339,7 +349,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores) for M = 1, fused (mma) for M <= 128, else deq+gemm.\n"
+  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores at M = 1, mma.sync for 2..8), fused (mma) for M <= 128, else deq+gemm.\n"
               "w8a8: per-token activation quantization included; automatic path = cuBLAS int8 GEMM + dequant pass, w8 fused = own\n"
               "mma.sync kernel with the dequantization in its epilogue; cublas i8: the int8 GEMM to int32 alone (torch._int_mm's kernel).\n"
               "fp8: per-channel E4M3 weights, per-token E4M3 activations (quantization included), cuBLASLt FP8 GEMM + scaling pass.\n");

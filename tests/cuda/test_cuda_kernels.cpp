@@ -164,7 +164,7 @@ void check_w4a16(int64_t n, int64_t k, const char* scheme, cuda::ActType act, co
     auto yd = ok(cuda::DeviceBuffer::allocate(static_cast<size_t>(m * n) * 2));
     for (cuda::W4A16Path path : {cuda::W4A16Path::fused, cuda::W4A16Path::dequant_gemm, cuda::W4A16Path::gemv}) {
       if (path == cuda::W4A16Path::fused && m > 1024) continue;
-      if (path == cuda::W4A16Path::gemv && m > 8) continue;
+      if (path == cuda::W4A16Path::gemv && m > 16) continue;
       ASSERT_OK(yd.fill_bytes(0xFF));  // NaN in f16 and bf16
       ASSERT_OK(cuda::w4a16_gemm(*g.ctx, dw, xd.data(), yd.data(), m, path));
       ASSERT_OK(g.ctx->synchronize());
@@ -239,29 +239,45 @@ TEST(CudaW4A16, BothScalePlacementsAtDecodeSizes) {
   cuda::w4a16_set_tuning({});
 }
 
-// The CUDA-core decode kernel (gemv path, M <= 8): sym and zero-point, f16 and bf16, odd row-tile
-// counts (N / 16 odd), K not a multiple of its 4-tile pipeline step, every in-block K split.
+// The decode kernels (gemv path): the CUDA-core GEMV (M <= 8) and the tensor-core one (M <= 16),
+// each forced: sym and zero-point, f16 and bf16, odd row-tile counts (N / 16 odd), K not a
+// multiple of the 4-tile pipeline step, every K split (in-block for the CUDA-core kernel, K
+// chunks across blocks for the tensor-core one, including uneven chunks).
 TEST(CudaW4A16, GemvDecodeSizes) {
   REQUIRE_GPU();
-  check_w4a16(272, 384, "int4-g128-sym", cuda::ActType::f16, {1, 2, 3, 4, 8});
-  check_w4a16(272, 384, "int4-g128-asym", cuda::ActType::f16, {1, 2, 3, 4, 8});
-  check_w4a16(400, 640, "int4-g128-asym", cuda::ActType::bf16, {1, 2, 3, 4, 5});
-  check_w4a16(400, 640, "int4-g128-sym", cuda::ActType::bf16, {1, 4, 8});
-  for (int splits : {1, 2, 4, 8}) {
-    SCOPED_TRACE("gemv splits " + std::to_string(splits));
-    cuda::w4a16_set_tuning({0, 0, 0, splits});
-    check_w4a16(1040, 2304, "int4-g128-asym", cuda::ActType::f16, {1, 3, 4});
-    check_w4a16(208, 1152, "int4-g128-sym", cuda::ActType::bf16, {1, 2, 4});
+  for (int tc : {1, 2}) {
+    SCOPED_TRACE(tc == 2 ? "tensor cores" : "CUDA cores");
+    cuda::w4a16_set_tuning({0, 0, 0, 0, tc});
+    check_w4a16(272, 384, "int4-g128-sym", cuda::ActType::f16, {1, 2, 3, 4, 8});
+    check_w4a16(272, 384, "int4-g128-asym", cuda::ActType::f16, {1, 2, 3, 4, 8});
+    check_w4a16(400, 640, "int4-g128-asym", cuda::ActType::bf16, {1, 2, 3, 4, 5});
+    check_w4a16(400, 640, "int4-g128-sym", cuda::ActType::bf16, {1, 4, 8});
+    for (int splits : {1, 2, 3, 4, 8}) {
+      SCOPED_TRACE("gemv splits " + std::to_string(splits));
+      cuda::w4a16_set_tuning({0, 0, 0, splits, tc});
+      check_w4a16(1040, 2304, "int4-g128-asym", cuda::ActType::f16, {1, 3, 4});
+      check_w4a16(208, 1152, "int4-g128-sym", cuda::ActType::bf16, {1, 2, 4});
+      if (tc == 2) {
+        check_w4a16(1040, 2304, "int4-g128-asym", cuda::ActType::bf16, {8, 11, 16});
+        check_w4a16(208, 1152, "int4-g128-sym", cuda::ActType::f16, {9, 16});
+      }
+    }
   }
+  cuda::w4a16_set_tuning({});
+  check_w4a16(272, 384, "int4-g128-sym", cuda::ActType::f16, {9, 12, 15, 16});
+  check_w4a16(400, 640, "int4-g128-asym", cuda::ActType::bf16, {9, 13, 16});
   cuda::w4a16_set_tuning({});
   // Out of its range it refuses instead of computing garbage.
   Gpu& g = gpu();
   std::vector<float> w = random_normal(16 * 128, 3);
   QuantizedTensor q = ok(quantize(ok(Scheme::parse("int4-g128-sym")), w.data(), 16, 128));
   cuda::W4A16Weights dw = ok(cuda::w4a16_upload(ok(cuda::w4a16_repack(q, cuda::ActType::f16))));
-  auto xd = ok(cuda::DeviceBuffer::allocate(16 * 128 * 2));
-  auto yd = ok(cuda::DeviceBuffer::allocate(16 * 16 * 2));
-  EXPECT_FALSE(cuda::w4a16_gemm(*g.ctx, dw, xd.data(), yd.data(), 16, cuda::W4A16Path::gemv).is_ok());
+  auto xd = ok(cuda::DeviceBuffer::allocate(17 * 128 * 2));
+  auto yd = ok(cuda::DeviceBuffer::allocate(17 * 16 * 2));
+  EXPECT_FALSE(cuda::w4a16_gemm(*g.ctx, dw, xd.data(), yd.data(), 17, cuda::W4A16Path::gemv).is_ok());
+  cuda::w4a16_set_tuning({0, 0, 0, 0, 1});  // CUDA-core math holds at most 8 tokens
+  EXPECT_FALSE(cuda::w4a16_gemm(*g.ctx, dw, xd.data(), yd.data(), 9, cuda::W4A16Path::gemv).is_ok());
+  cuda::w4a16_set_tuning({});
 }
 
 namespace {

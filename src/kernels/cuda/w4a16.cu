@@ -32,9 +32,10 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kU = 4;            // k-tiles (of 64 columns) per pipeline step
 
 W4A16Tuning g_tuning;
-// Automatic path: the CUDA-core GEMV up to this M. Measured crossover on H100 (docs/BENCHMARKS.md):
-// the GEMV wins at M = 1 on all four issue shapes; at M = 2 it is compute-bound and ties or loses.
-constexpr int64_t kGemvAutoMaxM = 1;
+// Automatic path: the decode kernels (w4a16_gemv*.cu) up to this M. Measured on H100
+// (docs/BENCHMARKS.md): the tensor-core GEMV beats this file's mma kernel at M = 2..8 on all four
+// issue shapes (28672x8192: 52.4-56.0 vs 59.6-60.2 us) and ties it at M = 16.
+constexpr int64_t kGemvAutoMaxM = 8;
 
 // LS (late scale, decode path): the A fragments hold the exact integers q - z and each tile's
 // mma result is scaled in f32 (one FFMA per output instead of one HMUL2 per weight pair).
@@ -568,7 +569,7 @@ Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, i
     const int64_t gemv_max = g_tuning.gemv_max_m == 0 ? kGemvAutoMaxM : std::min<int64_t>(g_tuning.gemv_max_m, kW4A16GemvMaxM);
     path = m <= gemv_max ? W4A16Path::gemv : m <= 128 ? W4A16Path::fused : W4A16Path::dequant_gemm;
   }
-  if (path == W4A16Path::gemv) return w4a16_gemv(c, w, x, y, m, g_tuning.gemv_splits);
+  if (path == W4A16Path::gemv) return w4a16_gemv(c, w, x, y, m, g_tuning.gemv_splits, g_tuning.gemv_tensor_cores);
   if (path == W4A16Path::fused)
     return w.act == ActType::bf16 ? dispatch_fused<__nv_bfloat16>(c, w, x, y, m) : dispatch_fused<__half>(c, w, x, y, m);
   QFORGE_RETURN_IF_ERROR(c.ensure_scratch(static_cast<size_t>(w.n * w.k) * 2));

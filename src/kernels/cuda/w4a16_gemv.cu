@@ -25,6 +25,9 @@ namespace {
 using namespace detail;
 
 constexpr int kGemvWarps = 8;
+// Automatic choice: CUDA-core math up to this M, the tensor-core kernel (w4a16_gemv_tc.cu) above
+// (at M = 2 this kernel is compute-bound: 64.1 vs 52.4 us on 28672x8192, H100).
+constexpr int64_t kGemvCudaCoreMaxM = 1;
 constexpr int kGemvThreads = kGemvWarps * 32;
 // Tiles per pipeline step: 4 x 16 B in flight per lane and row tile (overridable for measurements).
 #ifndef QFORGE_GEMV_STEP
@@ -264,15 +267,18 @@ Status dispatch_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, voi
   if (m <= 1) return launch_gemv<T, 1, 1>(c, w, x, y, m, forced_splits);
   if (m <= 2) return launch_gemv<T, 2, 1>(c, w, x, y, m, forced_splits);
   if (m <= 4) return launch_gemv<T, 4, 1>(c, w, x, y, m, forced_splits);
-  return launch_gemv<T, 8, 1>(c, w, x, y, m, forced_splits);
+  if (m <= 8) return launch_gemv<T, 8, 1>(c, w, x, y, m, forced_splits);
+  return invalid_argument("w4a16_gemm: the CUDA-core gemv takes M <= 8, got " + std::to_string(m));
 }
 
 }  // namespace
 
-Status w4a16_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
+Status w4a16_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
+                  int tensor_cores) {
   if (m <= 0 || m > kW4A16GemvMaxM)
     return invalid_argument("w4a16_gemm: the gemv path takes 1 <= M <= " + std::to_string(kW4A16GemvMaxM) + ", got " +
                             std::to_string(m));
+  if (tensor_cores == 2 || (tensor_cores == 0 && m > kGemvCudaCoreMaxM)) return w4a16_gemv_tc(c, w, x, y, m, forced_splits);
   return w.act == ActType::bf16 ? dispatch_gemv<__nv_bfloat16>(c, w, x, y, m, forced_splits)
                                 : dispatch_gemv<__half>(c, w, x, y, m, forced_splits);
 }

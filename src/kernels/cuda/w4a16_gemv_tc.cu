@@ -1,0 +1,301 @@
+// W4A16 decode kernel on the tensor cores (M <= 16; the automatic path's choice for M = 2..8):
+// the streaming structure of the CUDA-core GEMV (w4a16_gemv.cu) with the math of the mma kernel
+// (w4a16.cu), over the same repacked weights.
+//
+// Why a third kernel: at M = 2..16 the CUDA-core GEMV is compute-bound (16 HFMA2 per token and
+// tile) and the mma kernel is latency-bound (its activation fragments for a whole pipeline step
+// take 64 registers at M = 16, so few warps fit). Here each lane's 16-byte load of a tile is the
+// A fragments of four m16n8k16 mma as is (see the layout in w4a16.cu), and the activations come
+// from shared memory: a block's 8 warps stream 8 row tiles over the same K chunk, so the block
+// stages that chunk's activations once (cp.async, overlapped with the first weight loads) and each
+// warp reads its B fragments with two conflict-free 16-byte loads per tile and 8 tokens.
+// K is split across blocks (chunks) until the grid has enough streaming blocks; the chunks' f32
+// partial sums meet in the context's split-K workspace and the last block of a row block writes
+// the output and re-zeroes it (as the mma kernel does).
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "cuda_common.h"
+#include "mma.cuh"
+#include "w4a16_internal.h"
+
+namespace qforge::cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int kTcWarps = 8;  // warps per block, one 16-row tile each
+constexpr int kTcThreads = kTcWarps * 32;
+#ifndef QFORGE_GEMV_TC_STEP
+#define QFORGE_GEMV_TC_STEP 4
+#endif
+constexpr int kTcU = QFORGE_GEMV_TC_STEP;  // 64-column tiles per pipeline step
+// Resident blocks per SM the 8-token kernel is compiled for (3: at most 85 registers; measured
+// 52.2 vs 55.5 us with 2 on 28672x8192, M = 1). The 16-token kernel takes 2 (with 3 it spills).
+#ifndef QFORGE_GEMV_TC_MIN_BLOCKS
+#define QFORGE_GEMV_TC_MIN_BLOCKS 3
+#endif
+// Shared-memory row pitch of the staged activations, in elements: the chunk plus 8 (16 bytes), so
+// the 8 lanes of a quarter-warp (rows g, g + 1 at 4 column offsets 32 bytes apart) hit 8 distinct
+// 16-byte bank groups.
+__host__ __device__ constexpr int tc_pitch(int chunk_tiles) { return chunk_tiles * 64 + 8; }
+
+// One 16 x 64 weight tile (this lane's 16 bytes, group scale and zero words) times NB n8 token
+// tiles (B fragments bw) into the C fragments acc. bf16 applies the group scale to the tile's f32
+// mma result (the weights enter the mma as the exact integers q - z); f16 scales the weights
+// first, since a product chain over unscaled integers can overflow f16 (see w4a16_gemv.cu).
+template <typename T, int NB>
+__device__ __forceinline__ void mma_tile(const uint4& wv, uint32_t sw, uint32_t zw, const uint32_t (&bw)[NB][8],
+                                         float (&acc)[NB][4]) {
+  using T2 = typename Half2<T>::type;
+  constexpr bool kLateScale = std::is_same_v<T, __nv_bfloat16>;
+  const T2 s2 = as_h2<T2>(sw), z2 = as_h2<T2>(zw);
+  const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
+  const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
+  const uint32_t w4[4] = {wv.x, wv.y, wv.z, wv.w};
+  uint32_t af[4][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t w = w4[j], m = Half2<T>::kMagic;
+    T2 a01 = __hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg);
+    T2 a23 = __hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh);
+    T2 a45 = __hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg);
+    T2 a67 = __hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh);
+    if constexpr (!kLateScale) {
+      a01 = __hmul2(a01, sg);
+      a23 = __hmul2(a23, sh);
+      a45 = __hmul2(a45, sg);
+      a67 = __hmul2(a67, sh);
+    }
+    af[j][0] = as_u32(a01);
+    af[j][1] = as_u32(a23);
+    af[j][2] = as_u32(a45);
+    af[j][3] = as_u32(a67);
+  }
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    if constexpr (kLateScale) {
+      float tmp[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mma_16816<T>(tmp, af[j], bw[nb][2 * j], bw[nb][2 * j + 1]);
+      const float fg = static_cast<float>(s2.x), fh = static_cast<float>(s2.y);
+      acc[nb][0] = fmaf(fg, tmp[0], acc[nb][0]);
+      acc[nb][1] = fmaf(fg, tmp[1], acc[nb][1]);
+      acc[nb][2] = fmaf(fh, tmp[2], acc[nb][2]);
+      acc[nb][3] = fmaf(fh, tmp[3], acc[nb][3]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mma_16816<T>(acc[nb], af[j], bw[nb][2 * j], bw[nb][2 * j + 1]);
+    }
+  }
+}
+
+// NB: n8 token tiles (8 or 16 tokens).
+template <typename T, int NB, bool ZP>
+__global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCKS : 2)
+    w4a16_gemv_tc_kernel(const uint4* __restrict__ wq, const uint32_t* __restrict__ sc, const uint32_t* __restrict__ zp,
+                         const T* __restrict__ x, T* __restrict__ y, float* __restrict__ partial,
+                         unsigned* __restrict__ counters, int M, int N, int K, int chunks, int chunk_tiles) {
+  using T2 = typename Half2<T>::type;
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  T* xs = reinterpret_cast<T*>(tc_smem);
+  __shared__ unsigned s_last;
+
+  const int KT = K / 64, G = K / 128, NT = N / 16;
+  const int chunk = blockIdx.x % chunks, rowblock = blockIdx.x / chunks;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rt = rowblock * kTcWarps + warp;
+  const int kt_beg = chunk * chunk_tiles, kt_end = min(KT, kt_beg + chunk_tiles);
+  const int pitch = tc_pitch(chunk_tiles);
+  const bool active = rt < NT;
+
+  const uint32_t zsym = as_u32(T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f)));
+  auto load_step = [&](int kt0, uint4 (&a)[kTcU], uint32_t (&s)[kTcU], uint32_t (&z)[kTcU]) {
+#pragma unroll
+    for (int u = 0; u < kTcU; ++u) {
+      const int kt = kt0 + u;
+      if (active && kt < kt_end) {
+        a[u] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
+        const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
+        s[u] = __ldg(sc + si);
+        z[u] = ZP ? __ldg(zp + si) : zsym;
+      } else {
+        a[u] = make_uint4(0, 0, 0, 0);
+        s[u] = 0;
+        z[u] = zsym;
+      }
+    }
+  };
+
+  uint4 a_cur[kTcU];
+  uint32_t s_cur[kTcU], z_cur[kTcU];
+  load_step(kt_beg, a_cur, s_cur, z_cur);
+
+  // Stage this chunk's activations: NB * 8 tokens x (kt_end - kt_beg) * 64 columns, zeros for
+  // tokens past M.
+  {
+    const int vecs = (kt_end - kt_beg) * 8;  // 16-byte vectors per token row
+    for (int i = threadIdx.x; i < NB * 8 * vecs; i += kTcThreads) {
+      const int tok = i / vecs, v = i % vecs;
+      const T* src = x + static_cast<size_t>(min(tok, M - 1)) * K + static_cast<size_t>(kt_beg) * 64 + v * 8;
+      cp_async_16(xs + tok * pitch + v * 8, src, tok < M ? 16 : 0);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+
+  float acc[NB][4];
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
+
+  for (int kt0 = kt_beg; kt0 < kt_end; kt0 += kTcU) {
+    uint4 a_nxt[kTcU];
+    uint32_t s_nxt[kTcU], z_nxt[kTcU];
+    if (kt0 + kTcU < kt_end) load_step(kt0 + kTcU, a_nxt, s_nxt, z_nxt);
+#pragma unroll
+    for (int u = 0; u < kTcU; ++u) {
+      const int kt = kt0 + u;
+      if (kt >= kt_end) break;
+      uint32_t bw[NB][8];
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        // B fragments: token 8 nb + g, columns 16 t .. 16 t + 15 of this tile.
+        const T* xr = xs + (nb * 8 + g) * pitch + (kt - kt_beg) * 64 + 16 * t;
+        const uint4 b0 = *reinterpret_cast<const uint4*>(xr);
+        const uint4 b1 = *reinterpret_cast<const uint4*>(xr + 8);
+        bw[nb][0] = b0.x; bw[nb][1] = b0.y; bw[nb][2] = b0.z; bw[nb][3] = b0.w;
+        bw[nb][4] = b1.x; bw[nb][5] = b1.y; bw[nb][6] = b1.z; bw[nb][7] = b1.w;
+      }
+      mma_tile<T, NB>(a_cur[u], s_cur[u], z_cur[u], bw, acc);
+    }
+#pragma unroll
+    for (int u = 0; u < kTcU; ++u) {
+      a_cur[u] = a_nxt[u];
+      s_cur[u] = s_nxt[u];
+      z_cur[u] = z_nxt[u];
+    }
+  }
+
+  // C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens).
+  const int n = rt * 16 + g;
+  if (chunks == 1) {
+    if (!active) return;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const int tok = nb * 8 + 2 * t;
+      if (tok < M) {
+        y[static_cast<size_t>(tok) * N + n] = from_float<T>(acc[nb][0]);
+        y[static_cast<size_t>(tok) * N + n + 8] = from_float<T>(acc[nb][2]);
+      }
+      if (tok + 1 < M) {
+        y[static_cast<size_t>(tok + 1) * N + n] = from_float<T>(acc[nb][1]);
+        y[static_cast<size_t>(tok + 1) * N + n + 8] = from_float<T>(acc[nb][3]);
+      }
+    }
+    return;
+  }
+  if (active) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const int tok = nb * 8 + 2 * t;
+      if (tok < M) {
+        atomicAdd(partial + static_cast<size_t>(tok) * N + n, acc[nb][0]);
+        atomicAdd(partial + static_cast<size_t>(tok) * N + n + 8, acc[nb][2]);
+      }
+      if (tok + 1 < M) {
+        atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n, acc[nb][1]);
+        atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n + 8, acc[nb][3]);
+      }
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  unsigned* counter = counters + rowblock;
+  if (threadIdx.x == 0) s_last = (atomicAdd(counter, 1u) == static_cast<unsigned>(chunks - 1)) ? 1u : 0u;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  constexpr int kRows = kTcWarps * 16;
+  const int n0 = rowblock * kRows;
+  for (int i = threadIdx.x; i < kRows * M; i += kTcThreads) {
+    const int nn = n0 + i % kRows, tok = i / kRows;
+    if (nn >= N) continue;
+    float* p = partial + static_cast<size_t>(tok) * N + nn;
+    y[static_cast<size_t>(tok) * N + nn] = from_float<T>(__ldcg(p));
+    __stcg(p, 0.f);
+  }
+  if (threadIdx.x == 0) *counter = 0u;
+}
+
+
+template <typename T, int NB>
+Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
+  const int64_t n = w.n, k = w.k, kt = k / 64;
+  const int64_t rowblocks = ceil_div(n / 16, kTcWarps);
+  static int per_sm = 0;
+  if (per_sm == 0) {
+    QFORGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, w4a16_gemv_tc_kernel<T, NB, true>, kTcThreads, 0));
+    per_sm = std::max(per_sm, 1);
+  }
+  const int64_t wave = static_cast<int64_t>(per_sm) * c.sm_count;
+  // K chunks: the smallest power of two giving about two blocks per SM, and, once that exceeds one
+  // wave of resident blocks, at least two whole waves (a grid of 1.1 waves idles most SMs while its
+  // last blocks run). Measured on H100, M = 1..8, every chunk count 2..16: this picks the fastest
+  // or within 3% of it on all four issue shapes (docs/BENCHMARKS.md). At least two pipeline steps
+  // per chunk; the staged activations must fit in shared memory.
+  const int64_t max_chunks = std::max<int64_t>(1, kt / (2 * kTcU));
+  int64_t chunks = 1;
+  while (chunks * 2 <= max_chunks) {
+    const int64_t b = rowblocks * chunks;
+    if (10 * b >= 19 * int64_t{c.sm_count} && (b <= wave || b >= 2 * wave)) break;
+    chunks *= 2;
+  }
+  if (forced_splits > 0) chunks = std::min<int64_t>(forced_splits, kt);
+  int64_t chunk_tiles = ceil_div(kt, chunks);
+  constexpr int64_t kMaxSmem = 200 * 1024;
+  while (static_cast<int64_t>(NB) * 8 * tc_pitch(static_cast<int>(chunk_tiles)) * 2 > kMaxSmem) chunk_tiles = ceil_div(chunk_tiles, 2);
+  chunks = ceil_div(kt, chunk_tiles);
+  const size_t smem = static_cast<size_t>(NB) * 8 * static_cast<size_t>(tc_pitch(static_cast<int>(chunk_tiles))) * sizeof(T);
+  const int64_t blocks = rowblocks * chunks;
+  if (blocks > 0x7fffffff) return invalid_argument("w4a16_gemm: weight too large for one gemv launch");
+  float* partial = nullptr;
+  unsigned* counters = nullptr;
+  if (chunks > 1) {
+    const size_t pbytes = static_cast<size_t>(m * n) * sizeof(float);
+    const size_t poff = (pbytes + 255) / 256 * 256;
+    QFORGE_RETURN_IF_ERROR(c.ensure_splitk(poff + static_cast<size_t>(rowblocks) * sizeof(unsigned)));
+    partial = static_cast<float*>(c.splitk);
+    counters = reinterpret_cast<unsigned*>(static_cast<char*>(c.splitk) + poff);
+  }
+  const auto* wq = static_cast<const uint4*>(w.packed.data());
+  const auto* sc = static_cast<const uint32_t*>(w.scales.data());
+  const auto* zp = static_cast<const uint32_t*>(w.zeros.data());
+  auto run = [&](auto kernel) -> Status {
+    QFORGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<static_cast<unsigned>(blocks), kTcThreads, smem, c.stream>>>(
+        wq, sc, zp, static_cast<const T*>(x), static_cast<T*>(y), partial, counters, static_cast<int>(m), static_cast<int>(n),
+        static_cast<int>(k), static_cast<int>(chunks), static_cast<int>(chunk_tiles));
+    QFORGE_CUDA_LAUNCHED("w4a16_gemv_tc_kernel");
+    return Status::ok();
+  };
+  return w.zero_point ? run(w4a16_gemv_tc_kernel<T, NB, true>) : run(w4a16_gemv_tc_kernel<T, NB, false>);
+}
+
+template <typename T>
+Status dispatch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
+  return m <= 8 ? launch_tc<T, 1>(c, w, x, y, m, forced_splits) : launch_tc<T, 2>(c, w, x, y, m, forced_splits);
+}
+
+}  // namespace
+
+Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
+  if (m <= 0 || m > kW4A16GemvMaxM)
+    return invalid_argument("w4a16_gemm: the gemv path takes 1 <= M <= " + std::to_string(kW4A16GemvMaxM) + ", got " +
+                            std::to_string(m));
+  return w.act == ActType::bf16 ? dispatch_tc<__nv_bfloat16>(c, w, x, y, m, forced_splits)
+                                : dispatch_tc<__half>(c, w, x, y, m, forced_splits);
+}
+
+}  // namespace qforge::cuda
