@@ -191,17 +191,20 @@ int main(int argc, char** argv) {
         std::printf("%lldx%lld M=%lld bf16 %.1f | fused %.1f (%.0f%%) |", (long long)n, (long long)k, (long long)m, t_bf16, t_fused,
                     pct(t_fused));
         double best = t_fused;
-        // cc = CUDA-core math (M <= 8), tc = mma.sync; s = forced in-block K split.
-        for (int tc : {1, 2}) {
-          if (tc == 1 && m > 8) continue;
-          for (int splits : {0, 2, 3, 4, 5, 6, 7, 8, 12, 16}) {
-            if (tc == 1 && splits != 0) continue;
-            cuda::w4a16_set_tuning({0, 0, 0, splits, tc});
-            const double t = run(cuda::W4A16Path::gemv);
-            best = std::min(best, t);
-            std::printf(" %s/s%d %.1f (%.0f%%)", tc == 2 ? "tc" : "cc", splits, t, pct(t));
+        // cc = CUDA-core math (M <= 8, s = forced in-block K split), tcR = mma.sync with R row
+        // tiles per warp (s = forced K chunks; 0 = automatic).
+        for (int tc : {1, 2})
+          for (int rpw : {1, 2}) {
+            if ((tc == 1 && (m > 8 || rpw == 2)) || (m > 8 && rpw == 2)) continue;
+            for (int splits : {0, 2, 4, 8, 16}) {
+              if (tc == 1 && splits != 0) continue;
+              cuda::w4a16_set_tuning({0, 0, 0, splits, tc, tc == 2 && m <= 8 ? rpw : 0});
+              const double t = run(cuda::W4A16Path::gemv);
+              best = std::min(best, t);
+              if (tc == 1) std::printf(" cc/s%d %.1f (%.0f%%)", splits, t, pct(t));
+              else std::printf(" tc%d/s%d %.1f (%.0f%%)", rpw, splits, t, pct(t));
+            }
           }
-        }
         cuda::w4a16_set_tuning({});
         std::printf(" | best x bf16 %.2f\n", t_bf16 / best);
         std::fflush(stdout);
@@ -349,7 +352,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (CUDA cores at M = 1, mma.sync for 2..8), fused (mma) for M <= 128, else deq+gemm.\n"
+  std::printf("\nw4a16: int4-g128-asym weights, bf16 activations; automatic path = gemv (mma.sync; CUDA cores at M = 1 when N < 64 x SMs) up to M = 8,\nfused (mma) for M <= 128, else deq+gemm.\n"
               "w8a8: per-token activation quantization included; automatic path = cuBLAS int8 GEMM + dequant pass, w8 fused = own\n"
               "mma.sync kernel with the dequantization in its epilogue; cublas i8: the int8 GEMM to int32 alone (torch._int_mm's kernel).\n"
               "fp8: per-channel E4M3 weights, per-token E4M3 activations (quantization included), cuBLASLt FP8 GEMM + scaling pass.\n");

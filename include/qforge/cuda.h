@@ -102,8 +102,8 @@ enum class W4A16Path : uint8_t { automatic = 0, fused = 1, dequant_gemm = 2, gem
 // Y[M, N] = X[M, K] * dequant(W)^T, X and Y of the weights' activation type on the device.
 // fused: one kernel streams the packed weights and multiplies with mma.sync (tile shape and
 // split-K chosen from M and N); dequant_gemm: unpacks W into a workspace, then cuBLAS; gemv
-// (decode, M <= 16): kernels streaming the same packed weights, CUDA-core math at M = 1, mma.sync
-// above. automatic: gemv up to 8 tokens, fused up to 128, dequant_gemm above.
+// (decode, M <= 16): kernels streaming the same packed weights, with CUDA-core math (M <= 8) or
+// mma.sync. automatic: gemv up to 8 tokens, fused up to 128, dequant_gemm above.
 Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, int64_t m,
                   W4A16Path path = W4A16Path::automatic);
 // Benchmark knobs of the fused kernel: a forced split-K count (0 = automatic) and, for M <= 16,
@@ -112,13 +112,15 @@ Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, i
 // gemv_max_m: largest M the automatic path sends to the gemv kernel (0 = built-in threshold,
 // -1 = never); gemv_splits: forced in-block K split of the gemv kernel (0 = automatic);
 // gemv_tensor_cores: its math (0 = automatic, 1 = CUDA cores, M <= 8 only, 2 = mma.sync); with
-// mma.sync gemv_splits is the number of K chunks across blocks.
+// mma.sync gemv_splits is the number of K chunks across blocks and gemv_rows_per_warp (M <= 8)
+// the row tiles of 16 rows each warp streams (0 = automatic, 1 or 2).
 struct W4A16Tuning {
   int splits = 0;
   int late_scale = 0;
   int gemv_max_m = 0;
   int gemv_splits = 0;
   int gemv_tensor_cores = 0;
+  int gemv_rows_per_warp = 0;
 };
 void w4a16_set_tuning(const W4A16Tuning& t);
 // Unpacks W to [N, K] values of its activation type (device), the dequant_gemm path's first step.

@@ -17,7 +17,9 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "cuda_bench_util.h"
@@ -245,16 +247,17 @@ TEST(CudaW4A16, BothScalePlacementsAtDecodeSizes) {
 // chunks across blocks for the tensor-core one, including uneven chunks).
 TEST(CudaW4A16, GemvDecodeSizes) {
   REQUIRE_GPU();
-  for (int tc : {1, 2}) {
-    SCOPED_TRACE(tc == 2 ? "tensor cores" : "CUDA cores");
-    cuda::w4a16_set_tuning({0, 0, 0, 0, tc});
+  // (math, row tiles per warp): CUDA cores; tensor cores with one and with two row tiles per warp.
+  for (const auto& [tc, rpw] : {std::pair{1, 0}, std::pair{2, 1}, std::pair{2, 2}}) {
+    SCOPED_TRACE(tc == 2 ? "tensor cores, row tiles per warp " + std::to_string(rpw) : std::string("CUDA cores"));
+    cuda::w4a16_set_tuning({0, 0, 0, 0, tc, rpw});
     check_w4a16(272, 384, "int4-g128-sym", cuda::ActType::f16, {1, 2, 3, 4, 8});
     check_w4a16(272, 384, "int4-g128-asym", cuda::ActType::f16, {1, 2, 3, 4, 8});
     check_w4a16(400, 640, "int4-g128-asym", cuda::ActType::bf16, {1, 2, 3, 4, 5});
     check_w4a16(400, 640, "int4-g128-sym", cuda::ActType::bf16, {1, 4, 8});
     for (int splits : {1, 2, 3, 4, 8}) {
       SCOPED_TRACE("gemv splits " + std::to_string(splits));
-      cuda::w4a16_set_tuning({0, 0, 0, splits, tc});
+      cuda::w4a16_set_tuning({0, 0, 0, splits, tc, rpw});
       check_w4a16(1040, 2304, "int4-g128-asym", cuda::ActType::f16, {1, 3, 4});
       check_w4a16(208, 1152, "int4-g128-sym", cuda::ActType::bf16, {1, 2, 4});
       if (tc == 2) {

@@ -569,7 +569,8 @@ Status w4a16_gemm(Context& ctx, const W4A16Weights& w, const void* x, void* y, i
     const int64_t gemv_max = g_tuning.gemv_max_m == 0 ? kGemvAutoMaxM : std::min<int64_t>(g_tuning.gemv_max_m, kW4A16GemvMaxM);
     path = m <= gemv_max ? W4A16Path::gemv : m <= 128 ? W4A16Path::fused : W4A16Path::dequant_gemm;
   }
-  if (path == W4A16Path::gemv) return w4a16_gemv(c, w, x, y, m, g_tuning.gemv_splits, g_tuning.gemv_tensor_cores);
+  if (path == W4A16Path::gemv)
+    return w4a16_gemv(c, w, x, y, m, g_tuning.gemv_splits, g_tuning.gemv_tensor_cores, g_tuning.gemv_rows_per_warp);
   if (path == W4A16Path::fused)
     return w.act == ActType::bf16 ? dispatch_fused<__nv_bfloat16>(c, w, x, y, m) : dispatch_fused<__half>(c, w, x, y, m);
   QFORGE_RETURN_IF_ERROR(c.ensure_scratch(static_cast<size_t>(w.n * w.k) * 2));

@@ -25,8 +25,8 @@ namespace {
 using namespace detail;
 
 constexpr int kGemvWarps = 8;
-// Automatic choice: CUDA-core math up to this M, the tensor-core kernel (w4a16_gemv_tc.cu) above
-// (at M = 2 this kernel is compute-bound: 64.1 vs 52.4 us on 28672x8192, H100).
+// Largest M the automatic choice may give this kernel; the tensor-core kernel (w4a16_gemv_tc.cu)
+// takes the larger ones (at M = 2 this kernel is compute-bound: 64.1 vs 52.4 us on 28672x8192).
 constexpr int64_t kGemvCudaCoreMaxM = 1;
 constexpr int kGemvThreads = kGemvWarps * 32;
 // Tiles per pipeline step: 4 x 16 B in flight per lane and row tile (overridable for measurements).
@@ -274,11 +274,16 @@ Status dispatch_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, voi
 }  // namespace
 
 Status w4a16_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
-                  int tensor_cores) {
+                  int tensor_cores, int rows_per_warp) {
   if (m <= 0 || m > kW4A16GemvMaxM)
     return invalid_argument("w4a16_gemm: the gemv path takes 1 <= M <= " + std::to_string(kW4A16GemvMaxM) + ", got " +
                             std::to_string(m));
-  if (tensor_cores == 2 || (tensor_cores == 0 && m > kGemvCudaCoreMaxM)) return w4a16_gemv_tc(c, w, x, y, m, forced_splits);
+  // Automatic: the tensor-core kernel from M = 2, and at M = 1 once W has a 128-row block per two
+  // SMs (measured on H100, M = 1, CUDA-core vs tensor-core kernel: 28672x8192 52.6 vs 51.7 us,
+  // 11008x4096 18.4 vs 16.8, 4096x11008 17.1 vs 16.5, 4096x4096 10.1 vs 10.9).
+  const bool tc = tensor_cores == 2 ||
+                  (tensor_cores == 0 && (m > kGemvCudaCoreMaxM || 2 * (w.n / 128) >= c.sm_count));
+  if (tc) return w4a16_gemv_tc(c, w, x, y, m, forced_splits, rows_per_warp);
   return w.act == ActType::bf16 ? dispatch_gemv<__nv_bfloat16>(c, w, x, y, m, forced_splits)
                                 : dispatch_gemv<__half>(c, w, x, y, m, forced_splits);
 }

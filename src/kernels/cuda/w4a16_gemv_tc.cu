@@ -1,4 +1,5 @@
-// W4A16 decode kernel on the tensor cores (M <= 16; the automatic path's choice for M = 2..8):
+// W4A16 decode kernel on the tensor cores (M <= 16; the automatic path's choice for M = 2..8, and
+// for M = 1 on larger weights, see w4a16_gemv.cu):
 // the streaming structure of the CUDA-core GEMV (w4a16_gemv.cu) with the math of the mma kernel
 // (w4a16.cu), over the same repacked weights.
 //
@@ -25,14 +26,11 @@ namespace {
 
 using namespace detail;
 
-constexpr int kTcWarps = 8;  // warps per block, one 16-row tile each
+constexpr int kTcWarps = 8;  // warps per block, each on its own RT row tiles of 16 rows
 constexpr int kTcThreads = kTcWarps * 32;
-#ifndef QFORGE_GEMV_TC_STEP
-#define QFORGE_GEMV_TC_STEP 4
-#endif
-constexpr int kTcU = QFORGE_GEMV_TC_STEP;  // 64-column tiles per pipeline step
 // Resident blocks per SM the 8-token kernel is compiled for (3: at most 85 registers; measured
-// 52.2 vs 55.5 us with 2 on 28672x8192, M = 1). The 16-token kernel takes 2 (with 3 it spills).
+// 52.2 vs 55.5 us with 2 on 28672x8192, M = 1, one row tile per warp). The 16-token kernel takes 2
+// (with 3 it spills).
 #ifndef QFORGE_GEMV_TC_MIN_BLOCKS
 #define QFORGE_GEMV_TC_MIN_BLOCKS 3
 #endif
@@ -91,13 +89,15 @@ __device__ __forceinline__ void mma_tile(const uint4& wv, uint32_t sw, uint32_t 
   }
 }
 
-// NB: n8 token tiles (8 or 16 tokens).
-template <typename T, int NB, bool ZP>
+// NB: n8 token tiles (8 or 16 tokens); RT: row tiles per warp (each B fragment serves RT tiles);
+// U: tiles per pipeline step.
+template <typename T, int NB, int RT, int U, bool ZP>
 __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCKS : 2)
     w4a16_gemv_tc_kernel(const uint4* __restrict__ wq, const uint32_t* __restrict__ sc, const uint32_t* __restrict__ zp,
                          const T* __restrict__ x, T* __restrict__ y, float* __restrict__ partial,
                          unsigned* __restrict__ counters, int M, int N, int K, int chunks, int chunk_tiles) {
   using T2 = typename Half2<T>::type;
+  constexpr int kTcU = U;
   extern __shared__ __align__(16) unsigned char tc_smem[];
   T* xs = reinterpret_cast<T*>(tc_smem);
   __shared__ unsigned s_last;
@@ -105,31 +105,34 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
   const int KT = K / 64, G = K / 128, NT = N / 16;
   const int chunk = blockIdx.x % chunks, rowblock = blockIdx.x / chunks;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int rt = rowblock * kTcWarps + warp;
+  const int rt0 = (rowblock * kTcWarps + warp) * RT;
   const int kt_beg = chunk * chunk_tiles, kt_end = min(KT, kt_beg + chunk_tiles);
   const int pitch = tc_pitch(chunk_tiles);
-  const bool active = rt < NT;
 
   const uint32_t zsym = as_u32(T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f)));
-  auto load_step = [&](int kt0, uint4 (&a)[kTcU], uint32_t (&s)[kTcU], uint32_t (&z)[kTcU]) {
+  auto load_step = [&](int kt0, uint4 (&a)[kTcU][RT], uint32_t (&s)[kTcU][RT], uint32_t (&z)[kTcU][RT]) {
 #pragma unroll
     for (int u = 0; u < kTcU; ++u) {
       const int kt = kt0 + u;
-      if (active && kt < kt_end) {
-        a[u] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
-        const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
-        s[u] = __ldg(sc + si);
-        z[u] = ZP ? __ldg(zp + si) : zsym;
-      } else {
-        a[u] = make_uint4(0, 0, 0, 0);
-        s[u] = 0;
-        z[u] = zsym;
+#pragma unroll
+      for (int r = 0; r < RT; ++r) {
+        const int rt = rt0 + r;
+        if (rt < NT && kt < kt_end) {
+          a[u][r] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
+          const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
+          s[u][r] = __ldg(sc + si);
+          z[u][r] = ZP ? __ldg(zp + si) : zsym;
+        } else {
+          a[u][r] = make_uint4(0, 0, 0, 0);
+          s[u][r] = 0;
+          z[u][r] = zsym;
+        }
       }
     }
   };
 
-  uint4 a_cur[kTcU];
-  uint32_t s_cur[kTcU], z_cur[kTcU];
+  uint4 a_cur[kTcU][RT];
+  uint32_t s_cur[kTcU][RT], z_cur[kTcU][RT];
   load_step(kt_beg, a_cur, s_cur, z_cur);
 
   // Stage this chunk's activations: NB * 8 tokens x (kt_end - kt_beg) * 64 columns, zeros for
@@ -146,13 +149,15 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
     __syncthreads();
   }
 
-  float acc[NB][4];
+  float acc[RT][NB][4];
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) acc[r][nb][0] = acc[r][nb][1] = acc[r][nb][2] = acc[r][nb][3] = 0.f;
 
   for (int kt0 = kt_beg; kt0 < kt_end; kt0 += kTcU) {
-    uint4 a_nxt[kTcU];
-    uint32_t s_nxt[kTcU], z_nxt[kTcU];
+    uint4 a_nxt[kTcU][RT];
+    uint32_t s_nxt[kTcU][RT], z_nxt[kTcU][RT];
     if (kt0 + kTcU < kt_end) load_step(kt0 + kTcU, a_nxt, s_nxt, z_nxt);
 #pragma unroll
     for (int u = 0; u < kTcU; ++u) {
@@ -168,48 +173,51 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
         bw[nb][0] = b0.x; bw[nb][1] = b0.y; bw[nb][2] = b0.z; bw[nb][3] = b0.w;
         bw[nb][4] = b1.x; bw[nb][5] = b1.y; bw[nb][6] = b1.z; bw[nb][7] = b1.w;
       }
-      mma_tile<T, NB>(a_cur[u], s_cur[u], z_cur[u], bw, acc);
+#pragma unroll
+      for (int r = 0; r < RT; ++r) mma_tile<T, NB>(a_cur[u][r], s_cur[u][r], z_cur[u][r], bw, acc[r]);
     }
 #pragma unroll
-    for (int u = 0; u < kTcU; ++u) {
-      a_cur[u] = a_nxt[u];
-      s_cur[u] = s_nxt[u];
-      z_cur[u] = z_nxt[u];
-    }
+    for (int u = 0; u < kTcU; ++u)
+#pragma unroll
+      for (int r = 0; r < RT; ++r) {
+        a_cur[u][r] = a_nxt[u][r];
+        s_cur[u][r] = s_nxt[u][r];
+        z_cur[u][r] = z_nxt[u][r];
+      }
   }
 
-  // C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens).
-  const int n = rt * 16 + g;
-  if (chunks == 1) {
-    if (!active) return;
+  // C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens). One chunk:
+  // straight to y; several: f32 adds into the workspace.
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    if (rt0 + r >= NT) break;
+    const int n = (rt0 + r) * 16 + g;
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
       const int tok = nb * 8 + 2 * t;
-      if (tok < M) {
-        y[static_cast<size_t>(tok) * N + n] = from_float<T>(acc[nb][0]);
-        y[static_cast<size_t>(tok) * N + n + 8] = from_float<T>(acc[nb][2]);
-      }
-      if (tok + 1 < M) {
-        y[static_cast<size_t>(tok + 1) * N + n] = from_float<T>(acc[nb][1]);
-        y[static_cast<size_t>(tok + 1) * N + n + 8] = from_float<T>(acc[nb][3]);
-      }
-    }
-    return;
-  }
-  if (active) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      const int tok = nb * 8 + 2 * t;
-      if (tok < M) {
-        atomicAdd(partial + static_cast<size_t>(tok) * N + n, acc[nb][0]);
-        atomicAdd(partial + static_cast<size_t>(tok) * N + n + 8, acc[nb][2]);
-      }
-      if (tok + 1 < M) {
-        atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n, acc[nb][1]);
-        atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n + 8, acc[nb][3]);
+      const float* v = acc[r][nb];
+      if (chunks == 1) {
+        if (tok < M) {
+          y[static_cast<size_t>(tok) * N + n] = from_float<T>(v[0]);
+          y[static_cast<size_t>(tok) * N + n + 8] = from_float<T>(v[2]);
+        }
+        if (tok + 1 < M) {
+          y[static_cast<size_t>(tok + 1) * N + n] = from_float<T>(v[1]);
+          y[static_cast<size_t>(tok + 1) * N + n + 8] = from_float<T>(v[3]);
+        }
+      } else {
+        if (tok < M) {
+          atomicAdd(partial + static_cast<size_t>(tok) * N + n, v[0]);
+          atomicAdd(partial + static_cast<size_t>(tok) * N + n + 8, v[2]);
+        }
+        if (tok + 1 < M) {
+          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n, v[1]);
+          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n + 8, v[3]);
+        }
       }
     }
   }
+  if (chunks == 1) return;
   __threadfence();
   __syncthreads();
   unsigned* counter = counters + rowblock;
@@ -217,7 +225,7 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  constexpr int kRows = kTcWarps * 16;
+  constexpr int kRows = kTcWarps * RT * 16;
   const int n0 = rowblock * kRows;
   for (int i = threadIdx.x; i < kRows * M; i += kTcThreads) {
     const int nn = n0 + i % kRows, tok = i / kRows;
@@ -230,13 +238,14 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
 }
 
 
-template <typename T, int NB>
+template <typename T, int NB, int RT, int U>
 Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
   const int64_t n = w.n, k = w.k, kt = k / 64;
-  const int64_t rowblocks = ceil_div(n / 16, kTcWarps);
+  constexpr int kTcU = U;
+  const int64_t rowblocks = ceil_div(n / 16, int64_t{kTcWarps} * RT);
   static int per_sm = 0;
   if (per_sm == 0) {
-    QFORGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, w4a16_gemv_tc_kernel<T, NB, true>, kTcThreads, 0));
+    QFORGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, w4a16_gemv_tc_kernel<T, NB, RT, U, true>, kTcThreads, 0));
     per_sm = std::max(per_sm, 1);
   }
   const int64_t wave = static_cast<int64_t>(per_sm) * c.sm_count;
@@ -280,22 +289,32 @@ Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y
     QFORGE_CUDA_LAUNCHED("w4a16_gemv_tc_kernel");
     return Status::ok();
   };
-  return w.zero_point ? run(w4a16_gemv_tc_kernel<T, NB, true>) : run(w4a16_gemv_tc_kernel<T, NB, false>);
+  return w.zero_point ? run(w4a16_gemv_tc_kernel<T, NB, RT, U, true>) : run(w4a16_gemv_tc_kernel<T, NB, RT, U, false>);
 }
 
 template <typename T>
-Status dispatch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
-  return m <= 8 ? launch_tc<T, 1>(c, w, x, y, m, forced_splits) : launch_tc<T, 2>(c, w, x, y, m, forced_splits);
+Status dispatch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
+                   int rows_per_warp) {
+  if (m > 8) return launch_tc<T, 2, 1, 4>(c, w, x, y, m, forced_splits);
+  // Two row tiles per warp (the staged activations read once for both, two tiles per step) once
+  // the weight has a 128-row block per SM; with fewer rows one tile per warp and four per step
+  // keeps more blocks. Measured on H100, M = 1 / 4 / 8: 28672x8192 51.7 / 52.3 / 55.0 us against
+  // 52.3 / 53.3 / 55.6; 4096x4096 10.9 / 12.0 / 13.2 against 10.7 / 11.4 / 12.1.
+  const bool two = rows_per_warp == 2 || (rows_per_warp == 0 && w4a16_gemv_tc_large(c, w));
+  return two ? launch_tc<T, 1, 2, 2>(c, w, x, y, m, forced_splits) : launch_tc<T, 1, 1, 4>(c, w, x, y, m, forced_splits);
 }
 
 }  // namespace
 
-Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
+bool w4a16_gemv_tc_large(const Context::Impl& c, const W4A16Weights& w) { return w.n / 128 >= c.sm_count; }
+
+Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
+                     int rows_per_warp) {
   if (m <= 0 || m > kW4A16GemvMaxM)
     return invalid_argument("w4a16_gemm: the gemv path takes 1 <= M <= " + std::to_string(kW4A16GemvMaxM) + ", got " +
                             std::to_string(m));
-  return w.act == ActType::bf16 ? dispatch_tc<__nv_bfloat16>(c, w, x, y, m, forced_splits)
-                                : dispatch_tc<__half>(c, w, x, y, m, forced_splits);
+  return w.act == ActType::bf16 ? dispatch_tc<__nv_bfloat16>(c, w, x, y, m, forced_splits, rows_per_warp)
+                                : dispatch_tc<__half>(c, w, x, y, m, forced_splits, rows_per_warp);
 }
 
 }  // namespace qforge::cuda

@@ -11,13 +11,16 @@ namespace qforge::cuda {
 inline constexpr int64_t kW4A16GemvMaxM = 16;
 
 // Y = X * dequant(W)^T streaming the packed weights for 1 <= M <= kW4A16GemvMaxM; forced_splits > 0
-// forces the in-block K split (rounded down to a power of two, at most 8), 0 chooses it from the
-// shape. tensor_cores: 0 = automatic (CUDA cores at M = 1, mma above), 1 = CUDA cores (M <= 8),
-// 2 = mma.
+// forces the K split (in-block for the CUDA-core kernel, rounded down to a power of two, at most
+// 8; K chunks across blocks for the tensor-core one), 0 chooses it from the shape. tensor_cores:
+// 0 = automatic, 1 = CUDA cores (M <= 8), 2 = mma. rows_per_warp (tensor-core kernel, M <= 8):
+// 0 = automatic, 1 or 2 row tiles per warp.
 Status w4a16_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
-                  int tensor_cores);
-// The tensor-core decode kernel (w4a16_gemv_tc.cu), 1 <= M <= kW4A16GemvMaxM; forced_splits > 0
-// forces its K split across blocks.
-Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits);
+                  int tensor_cores, int rows_per_warp);
+// The tensor-core decode kernel (w4a16_gemv_tc.cu), 1 <= M <= kW4A16GemvMaxM.
+Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
+                     int rows_per_warp);
+// Whether W has a 128-row block per SM (the tensor-core kernel then runs two row tiles per warp).
+bool w4a16_gemv_tc_large(const Context::Impl& c, const W4A16Weights& w);
 
 }  // namespace qforge::cuda
