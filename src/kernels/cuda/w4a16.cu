@@ -21,6 +21,7 @@
 #include "mma.cuh"
 #include "qforge/dtype.h"
 #include "w4a16_internal.h"
+#include "w4a16_tile.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -75,29 +76,10 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[r][mt][i] = 0.f;
 
-  uint4 a_cur[kU][RT];
-  uint32_t s_cur[kU][RT], z_cur[kU][RT];
-  const uint32_t zsym = as_u32(T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f)));
-
-  auto load_step = [&](int c, uint4 (&a)[kU][RT], uint32_t (&s)[kU][RT], uint32_t (&z)[kU][RT]) {
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int kt = c * kU + u;
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        const int rt = rt0 + r;
-        if (kt < KT && rt < NT) {
-          a[u][r] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
-          const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
-          s[u][r] = __ldg(sc + si);
-          z[u][r] = ZP ? __ldg(zp + si) : zsym;
-        } else {
-          a[u][r] = make_uint4(0, 0, 0, 0);
-          s[u][r] = 0;
-          z[u][r] = zsym;
-        }
-      }
-    }
+  W4A16Step<kU, RT> cur;
+  const uint32_t zsym = w4a16_sym_zero<T>();
+  auto load_step = [&](int c, W4A16Step<kU, RT>& st) {
+    w4a16_load_step<ZP>(wq, sc, zp, rt0, c * kU, KT, NT, KT, G, lane, zsym, st);
   };
 
   // Decode-sized M: the activations go straight from global memory (L1/L2 hits: every warp of
@@ -126,11 +108,10 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
       }
     };
     if (warp_active && c_beg < c_end) {
-      load_step(c_beg, a_cur, s_cur, z_cur);
+      load_step(c_beg, cur);
       for (int c = c_beg; c < c_end; ++c) {
-        uint4 a_nxt[kU][RT];
-        uint32_t s_nxt[kU][RT], z_nxt[kU][RT];
-        if (c + 1 < c_end) load_step(c + 1, a_nxt, s_nxt, z_nxt);
+        W4A16Step<kU, RT> nxt;
+        if (c + 1 < c_end) load_step(c + 1, nxt);
         // Activations of this step: L1 hits after the first warp (not worth prefetch registers).
         uint4 b_cur[kU][MT][2];
         load_b(c, b_cur);
@@ -140,25 +121,16 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
 #pragma unroll
           for (int r = 0; r < RT; ++r) {
             uint32_t af[4][4];
-            const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
+            const T2 s2 = as_h2<T2>(cur.s[u][r]), z2 = as_h2<T2>(cur.z[u][r]);
             const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
             const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
-            const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
+            const uint32_t w4[4] = {cur.a[u][r].x, cur.a[u][r].y, cur.a[u][r].z, cur.a[u][r].w};
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
-              const uint32_t w = w4[jj];
-              const uint32_t m = Half2<T>::kMagic;
-              if constexpr (LS) {
-                af[jj][0] = as_u32(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg));
-                af[jj][1] = as_u32(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh));
-                af[jj][2] = as_u32(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg));
-                af[jj][3] = as_u32(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh));
-              } else {
-                af[jj][0] = as_u32(__hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg));
-                af[jj][1] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh));
-                af[jj][2] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg));
-                af[jj][3] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh));
-              }
+              T2 p[4];
+              w4a16_decode_word<T, !LS>(w4[jj], zg, zh, sg, sh, p);
+#pragma unroll
+              for (int i = 0; i < 4; ++i) af[jj][i] = as_u32(p[i]);
             }
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
@@ -180,19 +152,11 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
             }
           }
         }
-#pragma unroll
-        for (int u = 0; u < kU; ++u) {
-#pragma unroll
-          for (int r = 0; r < RT; ++r) {
-            a_cur[u][r] = a_nxt[u][r];
-            s_cur[u][r] = s_nxt[u][r];
-            z_cur[u][r] = z_nxt[u][r];
-          }
-        }
+        cur = nxt;
       }
     }
   } else {
-    if (warp_active && c_beg < c_end) load_step(c_beg, a_cur, s_cur, z_cur);
+    if (warp_active && c_beg < c_end) load_step(c_beg, cur);
 
     for (int c = c_beg; c < c_end; ++c) {
       __syncthreads();
@@ -207,9 +171,8 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
       __syncthreads();
       if (!warp_active) continue;
 
-      uint4 a_nxt[kU][RT];
-      uint32_t s_nxt[kU][RT], z_nxt[kU][RT];
-      if (c + 1 < c_end) load_step(c + 1, a_nxt, s_nxt, z_nxt);
+      W4A16Step<kU, RT> nxt;
+      if (c + 1 < c_end) load_step(c + 1, nxt);
 
   #pragma unroll
       for (int u = 0; u < kU; ++u) {
@@ -217,18 +180,16 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
         uint32_t af[RT][4][4];
   #pragma unroll
         for (int r = 0; r < RT; ++r) {
-          const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
+          const T2 s2 = as_h2<T2>(cur.s[u][r]), z2 = as_h2<T2>(cur.z[u][r]);
           const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
           const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
-          const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
+          const uint32_t w4[4] = {cur.a[u][r].x, cur.a[u][r].y, cur.a[u][r].z, cur.a[u][r].w};
   #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            const uint32_t w = w4[j];
-            const uint32_t m = Half2<T>::kMagic;
-            af[r][j][0] = as_u32(__hmul2(__hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg), sg));
-            af[r][j][1] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh), sh));
-            af[r][j][2] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg), sg));
-            af[r][j][3] = as_u32(__hmul2(__hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh), sh));
+            T2 p[4];
+            w4a16_decode_word<T, true>(w4[j], zg, zh, sg, sh, p);
+  #pragma unroll
+            for (int i = 0; i < 4; ++i) af[r][j][i] = as_u32(p[i]);
           }
         }
   #pragma unroll
@@ -243,77 +204,26 @@ __global__ void __launch_bounds__(kThreads, MT * RT <= 2 ? 2 : 1) w4a16_fused_ke
             for (int j = 0; j < 4; ++j) mma_16816<T>(acc[r][mt], af[r][j], bw[2 * j], bw[2 * j + 1]);
         }
       }
-  #pragma unroll
-      for (int u = 0; u < kU; ++u)
-  #pragma unroll
-        for (int r = 0; r < RT; ++r) {
-          a_cur[u][r] = a_nxt[u][r];
-          s_cur[u][r] = s_nxt[u][r];
-          z_cur[u][r] = z_nxt[u][r];
-        }
+      cur = nxt;
     }
 
   }
 
-  // Epilogue. C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens).
-  if (splits == 1) {
-    if (!warp_active) return;
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-      if (rt0 + r >= NT) continue;
-      const int n = (rt0 + r) * 16 + g;
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int tok = m0 + mt * 8 + 2 * t;
-        if (tok < M) {
-          y[static_cast<size_t>(tok) * N + n] = from_float<T>(acc[r][mt][0]);
-          y[static_cast<size_t>(tok) * N + n + 8] = from_float<T>(acc[r][mt][2]);
-        }
-        if (tok + 1 < M) {
-          y[static_cast<size_t>(tok + 1) * N + n] = from_float<T>(acc[r][mt][1]);
-          y[static_cast<size_t>(tok + 1) * N + n + 8] = from_float<T>(acc[r][mt][3]);
-        }
-      }
-    }
-    return;
-  }
-  // Split-K: add into the zeroed f32 partials; the last block of this tile converts and re-zeroes.
+  // Epilogue: C fragments straight to y, or (split-K) into the zeroed f32 partials, the last block
+  // of this output tile converting them.
   if (warp_active) {
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
       if (rt0 + r >= NT) continue;
-      const int n = (rt0 + r) * 16 + g;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int tok = m0 + mt * 8 + 2 * t;
-        if (tok < M) {
-          atomicAdd(partial + static_cast<size_t>(tok) * N + n, acc[r][mt][0]);
-          atomicAdd(partial + static_cast<size_t>(tok) * N + n + 8, acc[r][mt][2]);
-        }
-        if (tok + 1 < M) {
-          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n, acc[r][mt][1]);
-          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n + 8, acc[r][mt][3]);
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt)
+        w4a16_store_c<T>(acc[r][mt], y, partial, splits == 1, M, N, (rt0 + r) * 16 + g, m0 + mt * 8 + 2 * t);
     }
   }
-  __threadfence();
-  __syncthreads();
-  unsigned* counter = counters + static_cast<size_t>(rowblock) * chunks + chunk;
-  if (threadIdx.x == 0) s_last = (atomicAdd(counter, 1u) == static_cast<unsigned>(splits - 1)) ? 1u : 0u;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
+  if (splits == 1) return;
   constexpr int kRows = kWarps * RT * 16;
-  const int n0 = rowblock * kRows;
-  for (int i = threadIdx.x; i < kRows * kTok; i += kThreads) {
-    const int n = n0 + i % kRows, tok = m0 + i / kRows;
-    if (n >= N || tok >= M) continue;
-    float* p = partial + static_cast<size_t>(tok) * N + n;
-    y[static_cast<size_t>(tok) * N + n] = from_float<T>(__ldcg(p));
-    __stcg(p, 0.f);
-  }
-  if (threadIdx.x == 0) *counter = 0u;
+  w4a16_finish_split<T>(partial, y, counters + static_cast<size_t>(rowblock) * chunks + chunk, s_last, splits,
+                        rowblock * kRows, kRows, m0, kTok, M, N);
 }
 
 // Inverse of the repacking: one thread per (tile, lane), 32 values out.
@@ -331,27 +241,23 @@ __global__ void w4a16_dequant_kernel(const uint4* __restrict__ wq, const uint32_
   const uint4 w = wq[idx];
   const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
   const T2 s2 = as_h2<T2>(sc[si]);
-  const T2 bias = T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f));
-  const T2 z2 = ZP ? as_h2<T2>(zp[si]) : bias;
+  const T2 z2 = as_h2<T2>(ZP ? zp[si] : w4a16_sym_zero<T>());
   const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y), zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
   const uint32_t w4[4] = {w.x, w.y, w.z, w.w};
   __align__(16) T row_g[16];
   __align__(16) T row_h[16];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const uint32_t m = Half2<T>::kMagic;
-    const T2 a01 = __hmul2(__hsub2(as_h2<T2>((w4[j] & 0x000F000Fu) | m), zg), sg);
-    const T2 a23 = __hmul2(__hsub2(as_h2<T2>(((w4[j] >> 4) & 0x000F000Fu) | m), zh), sh);
-    const T2 a45 = __hmul2(__hsub2(as_h2<T2>(((w4[j] >> 8) & 0x000F000Fu) | m), zg), sg);
-    const T2 a67 = __hmul2(__hsub2(as_h2<T2>(((w4[j] >> 12) & 0x000F000Fu) | m), zh), sh);
-    row_g[4 * j + 0] = a01.x;
-    row_g[4 * j + 1] = a01.y;
-    row_g[4 * j + 2] = a45.x;
-    row_g[4 * j + 3] = a45.y;
-    row_h[4 * j + 0] = a23.x;
-    row_h[4 * j + 1] = a23.y;
-    row_h[4 * j + 2] = a67.x;
-    row_h[4 * j + 3] = a67.y;
+    T2 p[4];  // (g, c..c+1), (g+8, c..c+1), (g, c+2..c+3), (g+8, c+2..c+3); c = 16 t + 4 j
+    w4a16_decode_word<T, true>(w4[j], zg, zh, sg, sh, p);
+    row_g[4 * j + 0] = p[0].x;
+    row_g[4 * j + 1] = p[0].y;
+    row_g[4 * j + 2] = p[2].x;
+    row_g[4 * j + 3] = p[2].y;
+    row_h[4 * j + 0] = p[1].x;
+    row_h[4 * j + 1] = p[1].y;
+    row_h[4 * j + 2] = p[3].x;
+    row_h[4 * j + 3] = p[3].y;
   }
   const size_t col = static_cast<size_t>(kt) * 64 + 16 * t;
   uint4* dg = reinterpret_cast<uint4*>(out + (static_cast<size_t>(rt) * 16 + g) * K + col);

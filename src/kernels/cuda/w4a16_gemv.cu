@@ -18,6 +18,7 @@
 #include "cuda_common.h"
 #include "mma.cuh"
 #include "w4a16_internal.h"
+#include "w4a16_tile.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -80,28 +81,10 @@ __global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLO
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) acc[r][mt][0] = acc[r][mt][1] = 0.f;
 
-  const uint32_t zsym = as_u32(T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f)));
-  uint4 a_cur[kGemvU][RT];
-  uint32_t s_cur[kGemvU][RT], z_cur[kGemvU][RT];
-  auto load_step = [&](int kt0, uint4 (&a)[kGemvU][RT], uint32_t (&s)[kGemvU][RT], uint32_t (&z)[kGemvU][RT]) {
-#pragma unroll
-    for (int u = 0; u < kGemvU; ++u) {
-      const int kt = kt0 + u;
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        const int rt = rt0 + r;
-        if (kt < kt_end && rt < NT) {
-          a[u][r] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
-          const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
-          s[u][r] = __ldg(sc + si);
-          z[u][r] = ZP ? __ldg(zp + si) : zsym;
-        } else {
-          a[u][r] = make_uint4(0, 0, 0, 0);
-          s[u][r] = 0;
-          z[u][r] = zsym;
-        }
-      }
-    }
+  const uint32_t zsym = w4a16_sym_zero<T>();
+  W4A16Step<kGemvU, RT> cur;
+  auto load_step = [&](int kt0, W4A16Step<kGemvU, RT>& st) {
+    w4a16_load_step<ZP>(wq, sc, zp, rt0, kt0, kt_end, NT, KT, G, lane, zsym, st);
   };
 
   // L2 prefetch of the step kGemvPrefetch steps ahead (one bulk prefetch per row tile, issued by
@@ -119,12 +102,11 @@ __global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLO
     }
   };
   for (int d = 1; d <= kGemvPrefetch; ++d) prefetch_step(kt_beg + d * kGemvU);
-  if (kt_beg < kt_end) load_step(kt_beg, a_cur, s_cur, z_cur);
+  if (kt_beg < kt_end) load_step(kt_beg, cur);
   for (int kt0 = kt_beg; kt0 < kt_end; kt0 += kGemvU) {
     prefetch_step(kt0 + (kGemvPrefetch + 1) * kGemvU);
-    uint4 a_nxt[kGemvU][RT];
-    uint32_t s_nxt[kGemvU][RT], z_nxt[kGemvU][RT];
-    if (kt0 + kGemvU < kt_end) load_step(kt0 + kGemvU, a_nxt, s_nxt, z_nxt);
+    W4A16Step<kGemvU, RT> nxt;
+    if (kt0 + kGemvU < kt_end) load_step(kt0 + kGemvU, nxt);
 #pragma unroll
     for (int u = 0; u < kGemvU; ++u) {
       const int kt = kt0 + u;
@@ -145,27 +127,19 @@ __global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLO
       }
 #pragma unroll
       for (int r = 0; r < RT; ++r) {
-        const T2 s2 = as_h2<T2>(s_cur[u][r]), z2 = as_h2<T2>(z_cur[u][r]);
+        const T2 s2 = as_h2<T2>(cur.s[u][r]), z2 = as_h2<T2>(cur.z[u][r]);
         const T2 sg = T2(s2.x, s2.x), sh = T2(s2.y, s2.y);
         const T2 zg = T2(z2.x, z2.x), zh = T2(z2.y, z2.y);
-        const uint32_t w4[4] = {a_cur[u][r].x, a_cur[u][r].y, a_cur[u][r].z, a_cur[u][r].w};
+        const uint32_t w4[4] = {cur.a[u][r].x, cur.a[u][r].y, cur.a[u][r].z, cur.a[u][r].w};
         T2 hg[MT], hh[MT];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) hg[mt] = hh[mt] = as_h2<T2>(0u);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const uint32_t w = w4[j], m = Half2<T>::kMagic;
           // (g, c..c+1), (g+8, c..c+1), (g, c+2..c+3), (g+8, c+2..c+3); c = 16 t + 4 j.
-          T2 a01 = __hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg);
-          T2 a23 = __hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh);
-          T2 a45 = __hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg);
-          T2 a67 = __hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh);
-          if constexpr (!kLateScale) {
-            a01 = __hmul2(a01, sg);
-            a23 = __hmul2(a23, sh);
-            a45 = __hmul2(a45, sg);
-            a67 = __hmul2(a67, sh);
-          }
+          T2 p[4];
+          w4a16_decode_word<T, !kLateScale>(w4[j], zg, zh, sg, sh, p);
+          const T2 a01 = p[0], a23 = p[1], a45 = p[2], a67 = p[3];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
             const T2 x01 = as_h2<T2>(xw[mt][2 * j]), x23 = as_h2<T2>(xw[mt][2 * j + 1]);
@@ -188,14 +162,7 @@ __global__ void __launch_bounds__(kGemvThreads, MT == 1 ? QFORGE_GEMV_M1_MIN_BLO
         }
       }
     }
-#pragma unroll
-    for (int u = 0; u < kGemvU; ++u)
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        a_cur[u][r] = a_nxt[u][r];
-        s_cur[u][r] = s_nxt[u][r];
-        z_cur[u][r] = z_nxt[u][r];
-      }
+    cur = nxt;
   }
 
   // Reduce the 4 lanes of a row (t), then the block's K splits through shared memory.

@@ -20,6 +20,7 @@
 #include "cuda_common.h"
 #include "mma.cuh"
 #include "w4a16_internal.h"
+#include "w4a16_tile.cuh"
 
 namespace qforge::cuda {
 namespace {
@@ -55,21 +56,10 @@ __device__ __forceinline__ void mma_tile(const uint4& wv, uint32_t sw, uint32_t 
   uint32_t af[4][4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const uint32_t w = w4[j], m = Half2<T>::kMagic;
-    T2 a01 = __hsub2(as_h2<T2>((w & 0x000F000Fu) | m), zg);
-    T2 a23 = __hsub2(as_h2<T2>(((w >> 4) & 0x000F000Fu) | m), zh);
-    T2 a45 = __hsub2(as_h2<T2>(((w >> 8) & 0x000F000Fu) | m), zg);
-    T2 a67 = __hsub2(as_h2<T2>(((w >> 12) & 0x000F000Fu) | m), zh);
-    if constexpr (!kLateScale) {
-      a01 = __hmul2(a01, sg);
-      a23 = __hmul2(a23, sh);
-      a45 = __hmul2(a45, sg);
-      a67 = __hmul2(a67, sh);
-    }
-    af[j][0] = as_u32(a01);
-    af[j][1] = as_u32(a23);
-    af[j][2] = as_u32(a45);
-    af[j][3] = as_u32(a67);
+    T2 p[4];
+    w4a16_decode_word<T, !kLateScale>(w4[j], zg, zh, sg, sh, p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) af[j][i] = as_u32(p[i]);
   }
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb) {
@@ -109,31 +99,13 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
   const int kt_beg = chunk * chunk_tiles, kt_end = min(KT, kt_beg + chunk_tiles);
   const int pitch = tc_pitch(chunk_tiles);
 
-  const uint32_t zsym = as_u32(T2(from_float<T>(Half2<T>::kBias + 8.f), from_float<T>(Half2<T>::kBias + 8.f)));
-  auto load_step = [&](int kt0, uint4 (&a)[kTcU][RT], uint32_t (&s)[kTcU][RT], uint32_t (&z)[kTcU][RT]) {
-#pragma unroll
-    for (int u = 0; u < kTcU; ++u) {
-      const int kt = kt0 + u;
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        const int rt = rt0 + r;
-        if (rt < NT && kt < kt_end) {
-          a[u][r] = ld_stream(wq + (static_cast<size_t>(rt) * KT + kt) * 32 + lane);
-          const size_t si = (static_cast<size_t>(rt) * G + kt / 2) * 8 + g;
-          s[u][r] = __ldg(sc + si);
-          z[u][r] = ZP ? __ldg(zp + si) : zsym;
-        } else {
-          a[u][r] = make_uint4(0, 0, 0, 0);
-          s[u][r] = 0;
-          z[u][r] = zsym;
-        }
-      }
-    }
+  const uint32_t zsym = w4a16_sym_zero<T>();
+  auto load_step = [&](int kt0, W4A16Step<kTcU, RT>& st) {
+    w4a16_load_step<ZP>(wq, sc, zp, rt0, kt0, kt_end, NT, KT, G, lane, zsym, st);
   };
 
-  uint4 a_cur[kTcU][RT];
-  uint32_t s_cur[kTcU][RT], z_cur[kTcU][RT];
-  load_step(kt_beg, a_cur, s_cur, z_cur);
+  W4A16Step<kTcU, RT> cur;
+  load_step(kt_beg, cur);
 
   // Stage this chunk's activations: NB * 8 tokens x (kt_end - kt_beg) * 64 columns, zeros for
   // tokens past M.
@@ -156,9 +128,8 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
     for (int nb = 0; nb < NB; ++nb) acc[r][nb][0] = acc[r][nb][1] = acc[r][nb][2] = acc[r][nb][3] = 0.f;
 
   for (int kt0 = kt_beg; kt0 < kt_end; kt0 += kTcU) {
-    uint4 a_nxt[kTcU][RT];
-    uint32_t s_nxt[kTcU][RT], z_nxt[kTcU][RT];
-    if (kt0 + kTcU < kt_end) load_step(kt0 + kTcU, a_nxt, s_nxt, z_nxt);
+    W4A16Step<kTcU, RT> nxt;
+    if (kt0 + kTcU < kt_end) load_step(kt0 + kTcU, nxt);
 #pragma unroll
     for (int u = 0; u < kTcU; ++u) {
       const int kt = kt0 + u;
@@ -174,69 +145,23 @@ __global__ void __launch_bounds__(kTcThreads, NB == 1 ? QFORGE_GEMV_TC_MIN_BLOCK
         bw[nb][4] = b1.x; bw[nb][5] = b1.y; bw[nb][6] = b1.z; bw[nb][7] = b1.w;
       }
 #pragma unroll
-      for (int r = 0; r < RT; ++r) mma_tile<T, NB>(a_cur[u][r], s_cur[u][r], z_cur[u][r], bw, acc[r]);
+      for (int r = 0; r < RT; ++r) mma_tile<T, NB>(cur.a[u][r], cur.s[u][r], cur.z[u][r], bw, acc[r]);
     }
-#pragma unroll
-    for (int u = 0; u < kTcU; ++u)
-#pragma unroll
-      for (int r = 0; r < RT; ++r) {
-        a_cur[u][r] = a_nxt[u][r];
-        s_cur[u][r] = s_nxt[u][r];
-        z_cur[u][r] = z_nxt[u][r];
-      }
+    cur = nxt;
   }
 
-  // C fragment: c0, c1 = (row g, tokens 2t, 2t+1); c2, c3 = (row g+8, same tokens). One chunk:
-  // straight to y; several: f32 adds into the workspace.
+  // C fragments straight to y (one chunk) or into the f32 partials, the last chunk's block
+  // converting its row block.
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     if (rt0 + r >= NT) break;
-    const int n = (rt0 + r) * 16 + g;
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      const int tok = nb * 8 + 2 * t;
-      const float* v = acc[r][nb];
-      if (chunks == 1) {
-        if (tok < M) {
-          y[static_cast<size_t>(tok) * N + n] = from_float<T>(v[0]);
-          y[static_cast<size_t>(tok) * N + n + 8] = from_float<T>(v[2]);
-        }
-        if (tok + 1 < M) {
-          y[static_cast<size_t>(tok + 1) * N + n] = from_float<T>(v[1]);
-          y[static_cast<size_t>(tok + 1) * N + n + 8] = from_float<T>(v[3]);
-        }
-      } else {
-        if (tok < M) {
-          atomicAdd(partial + static_cast<size_t>(tok) * N + n, v[0]);
-          atomicAdd(partial + static_cast<size_t>(tok) * N + n + 8, v[2]);
-        }
-        if (tok + 1 < M) {
-          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n, v[1]);
-          atomicAdd(partial + static_cast<size_t>(tok + 1) * N + n + 8, v[3]);
-        }
-      }
-    }
+    for (int nb = 0; nb < NB; ++nb) w4a16_store_c<T>(acc[r][nb], y, partial, chunks == 1, M, N, (rt0 + r) * 16 + g, nb * 8 + 2 * t);
   }
   if (chunks == 1) return;
-  __threadfence();
-  __syncthreads();
-  unsigned* counter = counters + rowblock;
-  if (threadIdx.x == 0) s_last = (atomicAdd(counter, 1u) == static_cast<unsigned>(chunks - 1)) ? 1u : 0u;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
   constexpr int kRows = kTcWarps * RT * 16;
-  const int n0 = rowblock * kRows;
-  for (int i = threadIdx.x; i < kRows * M; i += kTcThreads) {
-    const int nn = n0 + i % kRows, tok = i / kRows;
-    if (nn >= N) continue;
-    float* p = partial + static_cast<size_t>(tok) * N + nn;
-    y[static_cast<size_t>(tok) * N + nn] = from_float<T>(__ldcg(p));
-    __stcg(p, 0.f);
-  }
-  if (threadIdx.x == 0) *counter = 0u;
+  w4a16_finish_split<T>(partial, y, counters + rowblock, s_last, chunks, rowblock * kRows, kRows, 0, M, M, N);
 }
-
 
 template <typename T, int NB, int RT, int U>
 Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits) {
