@@ -93,4 +93,8 @@ ActQuantizers act_quantizers_for(Isa isa);
 // Decoding helpers shared by the scalar kernels and packing.
 float half_to_float(uint16_t h);
 
+// A non-negative count from environment variable `name`: `fallback` when unset or empty, and, with
+// a warning on stderr naming the variable, when it is not a decimal integer >= 0.
+int64_t env_count(const char* name, int64_t fallback);
+
 }  // namespace qforge::kernels

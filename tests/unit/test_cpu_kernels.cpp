@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -490,6 +491,28 @@ TEST(CpuKernels, IsaNamesAndClamping) {
   EXPECT_EQ(kernels::set_active_isa(Isa::scalar), Isa::scalar);
   kernels::set_active_isa(before);
   std::printf("cpu_isa %s, active %s\n", kernels::isa_name(kernels::cpu_isa()), kernels::isa_name(kernels::active_isa()));
+}
+
+// Tuning variables (QFORGE_X8_PREFETCH, QFORGE_DENSE_GEMM_TOKENS) go through env_count: a bad
+// value falls back to the default with a warning that names the variable.
+TEST(CpuKernels, EnvCountParsesOrWarns) {
+  const char* name = "QFORGE_TEST_ENV_COUNT";
+  ::unsetenv(name);
+  EXPECT_EQ(kernels::env_count(name, 7), 7);
+  ::setenv(name, "", 1);
+  EXPECT_EQ(kernels::env_count(name, 7), 7);
+  ::setenv(name, "4096", 1);
+  EXPECT_EQ(kernels::env_count(name, 7), 4096);
+  ::setenv(name, "0", 1);
+  EXPECT_EQ(kernels::env_count(name, 7), 0);
+  for (const char* bad : {"abc", "-3", "12x", "99999999999999999999999"}) {
+    ::setenv(name, bad, 1);
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(kernels::env_count(name, 7), 7) << bad;
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find(std::string(name) + "=" + bad), std::string::npos) << err;
+  }
+  ::unsetenv(name);
 }
 
 TEST(CpuKernels, KernelLinearMatchesQuantizedLinearAndDenseWeight) {

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -151,19 +152,23 @@ Isa set_active_isa(Isa isa) {
   return active_storage();
 }
 
+int64_t env_count(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(env, &end, 10);
+  if (end == env || *end != '\0' || v < 0 || errno == ERANGE) {
+    std::fprintf(stderr, "qforge: warning: %s=%s is not a count >= 0; using %lld\n", name, env,
+                 static_cast<long long>(fallback));
+    return fallback;
+  }
+  return static_cast<int64_t>(v);
+}
+
 namespace {
 int64_t& dense_gemm_storage() {
-  static int64_t tokens = [] {
-    const char* env = std::getenv("QFORGE_DENSE_GEMM_TOKENS");
-    if (env == nullptr || *env == '\0') return int64_t{16};
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    if (end == env || *end != '\0' || v < 0) {
-      std::fprintf(stderr, "qforge: warning: QFORGE_DENSE_GEMM_TOKENS=%s is not a count >= 0; using 16\n", env);
-      return int64_t{16};
-    }
-    return static_cast<int64_t>(v);
-  }();
+  static int64_t tokens = env_count("QFORGE_DENSE_GEMM_TOKENS", 16);
   return tokens;
 }
 }  // namespace

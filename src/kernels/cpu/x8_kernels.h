@@ -12,7 +12,6 @@
 
 #include <immintrin.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "kernels/interleave_x8.h"
@@ -36,10 +35,7 @@ inline __m256i bcast4(const int8_t* p) {
 // Software prefetch of each record this many bytes ahead (QFORGE_X8_PREFETCH, 0 = off; default
 // 2048): with the hardware prefetchers alone a decode GEMV kept too few lines in flight.
 inline int64_t prefetch_distance() {
-  static const int64_t d = [] {
-    const char* e = std::getenv("QFORGE_X8_PREFETCH");
-    return e != nullptr && *e != '\0' ? std::atoll(e) : int64_t{2048};
-  }();
+  static const int64_t d = env_count("QFORGE_X8_PREFETCH", 2048);
   return d;
 }
 
