@@ -29,33 +29,20 @@ void get_row(T* row, const T* x8, size_t n, int i) {
 using PackFn = void (*)(const uint8_t* block, int i, uint8_t* rec);
 using UnpackFn = void (*)(const uint8_t* rec, int i, uint8_t* block);
 
-void pack_q4_0(const uint8_t* block, int i, uint8_t* rec) {
-  gg::BlockQ4_0 src;
+// Q4_0 and Q8_0: one f16 scale d and the codes qs per block.
+template <typename Block, typename Record>
+void pack_d_qs(const uint8_t* block, int i, uint8_t* rec) {
+  Block src;
   std::memcpy(&src, block, sizeof src);
-  auto* o = reinterpret_cast<BlockQ4_0x8*>(rec);
+  auto* o = reinterpret_cast<Record*>(rec);
   o->d[i] = src.d;
   put_row(o->qs, src.qs, sizeof src.qs, i);
 }
 
-void unpack_q4_0(const uint8_t* rec, int i, uint8_t* block) {
-  const auto* r = reinterpret_cast<const BlockQ4_0x8*>(rec);
-  gg::BlockQ4_0 dst;
-  dst.d = r->d[i];
-  get_row(dst.qs, r->qs, sizeof dst.qs, i);
-  std::memcpy(block, &dst, sizeof dst);
-}
-
-void pack_q8_0(const uint8_t* block, int i, uint8_t* rec) {
-  gg::BlockQ8_0 src;
-  std::memcpy(&src, block, sizeof src);
-  auto* o = reinterpret_cast<BlockQ8_0x8*>(rec);
-  o->d[i] = src.d;
-  put_row(o->qs, src.qs, sizeof src.qs, i);
-}
-
-void unpack_q8_0(const uint8_t* rec, int i, uint8_t* block) {
-  const auto* r = reinterpret_cast<const BlockQ8_0x8*>(rec);
-  gg::BlockQ8_0 dst;
+template <typename Block, typename Record>
+void unpack_d_qs(const uint8_t* rec, int i, uint8_t* block) {
+  const auto* r = reinterpret_cast<const Record*>(rec);
+  Block dst;
   dst.d = r->d[i];
   get_row(dst.qs, r->qs, sizeof dst.qs, i);
   std::memcpy(block, &dst, sizeof dst);
@@ -122,8 +109,10 @@ struct X8Format {
 };
 
 constexpr X8Format kX8Formats[] = {
-    {FormatId::gguf_q4_0, gg::kQK, sizeof(gg::BlockQ4_0), sizeof(BlockQ4_0x8), pack_q4_0, unpack_q4_0},
-    {FormatId::gguf_q8_0, gg::kQK, sizeof(gg::BlockQ8_0), sizeof(BlockQ8_0x8), pack_q8_0, unpack_q8_0},
+    {FormatId::gguf_q4_0, gg::kQK, sizeof(gg::BlockQ4_0), sizeof(BlockQ4_0x8), pack_d_qs<gg::BlockQ4_0, BlockQ4_0x8>,
+     unpack_d_qs<gg::BlockQ4_0, BlockQ4_0x8>},
+    {FormatId::gguf_q8_0, gg::kQK, sizeof(gg::BlockQ8_0), sizeof(BlockQ8_0x8), pack_d_qs<gg::BlockQ8_0, BlockQ8_0x8>,
+     unpack_d_qs<gg::BlockQ8_0, BlockQ8_0x8>},
     {FormatId::gguf_q4_k, gg::kQK_K, sizeof(gg::BlockQ4_K), sizeof(BlockQ4_Kx8), pack_q4_k, unpack_q4_k},
     {FormatId::gguf_q6_k, gg::kQK_K, sizeof(gg::BlockQ6_K), sizeof(BlockQ6_Kx8), pack_q6_k, unpack_q6_k},
 };
