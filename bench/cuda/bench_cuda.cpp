@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
     std::printf("\nW4A16 fused variants (int4-g128-asym, bf16), us; x bf16 = cuBLAS BF16 / best\n");
     for (const Shape sh : {Shape{28672, 8192}, Shape{11008, 4096}, Shape{4096, 4096}}) {
       const int64_t n = sh.n, k = sh.k;
+      if (!only_shape.empty() && only_shape != std::to_string(n) + "x" + std::to_string(k)) continue;
       std::vector<float> w = random_normal(static_cast<size_t>(n * k), 11 + static_cast<uint64_t>(n + k), 0.02f);
       std::vector<uint16_t> wb(w.size());
       for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);

@@ -138,6 +138,14 @@ Status Context::Impl::ensure_splitk(size_t bytes) {
   return Status::ok();
 }
 
+Status Context::Impl::splitk_workspace(size_t partials, size_t counters, float** partial, unsigned** counter) {
+  const size_t poff = (partials * sizeof(float) + 255) / 256 * 256;
+  QFORGE_RETURN_IF_ERROR(ensure_splitk(poff + counters * sizeof(unsigned)));
+  *partial = static_cast<float*>(splitk);
+  *counter = reinterpret_cast<unsigned*>(static_cast<char*>(splitk) + poff);
+  return Status::ok();
+}
+
 Status Context::Impl::ensure_scratch(size_t bytes) {
   if (bytes <= scratch_bytes) return Status::ok();
   QFORGE_CUDA_TRY(cudaStreamSynchronize(stream));

@@ -50,6 +50,9 @@ struct Context::Impl {
   std::map<std::tuple<int64_t, int64_t, int64_t, int>, LtPlan> fp8_plans;
 
   Status ensure_splitk(size_t bytes);
+  // The split-K workspace carved for one launch: `partials` f32 sums, then (256-byte aligned)
+  // `counters` arrival counters, all zero.
+  Status splitk_workspace(size_t partials, size_t counters, float** partial, unsigned** counter);
   Status ensure_scratch(size_t bytes);
   Status ensure_solver();
   ~Impl();

@@ -304,14 +304,8 @@ Status launch_fused(Context::Impl& c, const W4A16Weights& w, const void* x, void
   if (blocks > 0x7fffffff) return invalid_argument("w4a16_gemm: M = " + std::to_string(m) + " too large for one launch");
   float* partial = nullptr;
   unsigned* counters = nullptr;
-  if (splits > 1) {
-    const size_t pbytes = static_cast<size_t>(m * n) * sizeof(float);
-    const size_t cbytes = static_cast<size_t>(base) * sizeof(unsigned);
-    const size_t poff = (pbytes + 255) / 256 * 256;
-    QFORGE_RETURN_IF_ERROR(c.ensure_splitk(poff + cbytes));
-    partial = static_cast<float*>(c.splitk);
-    counters = reinterpret_cast<unsigned*>(static_cast<char*>(c.splitk) + poff);
-  }
+  if (splits > 1)
+    QFORGE_RETURN_IF_ERROR(c.splitk_workspace(static_cast<size_t>(m * n), static_cast<size_t>(base), &partial, &counters));
   const auto* wq = static_cast<const uint4*>(w.packed.data());
   const auto* sc = static_cast<const uint32_t*>(w.scales.data());
   const auto* zp = static_cast<const uint32_t*>(w.zeros.data());

@@ -14,7 +14,6 @@
 // partial sums meet in the context's split-K workspace and the last block of a row block writes
 // the output and re-zeroes it (as the mma kernel does).
 #include <algorithm>
-#include <string>
 #include <type_traits>
 
 #include "cuda_common.h"
@@ -168,8 +167,17 @@ Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y
   const int64_t n = w.n, k = w.k, kt = k / 64;
   constexpr int kTcU = U;
   const int64_t rowblocks = ceil_div(n / 16, int64_t{kTcWarps} * RT);
+  // Once per instantiation: resident blocks per SM, and the staging limit (200 KiB, or less where
+  // the device's opt-in shared memory per block is smaller, e.g. 163 KiB on sm_80), which both
+  // kernels (with and without zero-points) are allowed to use.
   static int per_sm = 0;
+  static int64_t max_smem = 0;
   if (per_sm == 0) {
+    int optin = 0;
+    QFORGE_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c.device));
+    max_smem = std::min<int64_t>(200 * 1024, optin);
+    for (auto kernel : {w4a16_gemv_tc_kernel<T, NB, RT, U, true>, w4a16_gemv_tc_kernel<T, NB, RT, U, false>})
+      QFORGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(max_smem)));
     QFORGE_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, w4a16_gemv_tc_kernel<T, NB, RT, U, true>, kTcThreads, 0));
     per_sm = std::max(per_sm, 1);
   }
@@ -188,26 +196,19 @@ Status launch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y
   }
   if (forced_splits > 0) chunks = std::min<int64_t>(forced_splits, kt);
   int64_t chunk_tiles = ceil_div(kt, chunks);
-  constexpr int64_t kMaxSmem = 200 * 1024;
-  while (static_cast<int64_t>(NB) * 8 * tc_pitch(static_cast<int>(chunk_tiles)) * 2 > kMaxSmem) chunk_tiles = ceil_div(chunk_tiles, 2);
+  while (static_cast<int64_t>(NB) * 8 * tc_pitch(static_cast<int>(chunk_tiles)) * 2 > max_smem) chunk_tiles = ceil_div(chunk_tiles, 2);
   chunks = ceil_div(kt, chunk_tiles);
   const size_t smem = static_cast<size_t>(NB) * 8 * static_cast<size_t>(tc_pitch(static_cast<int>(chunk_tiles))) * sizeof(T);
   const int64_t blocks = rowblocks * chunks;
   if (blocks > 0x7fffffff) return invalid_argument("w4a16_gemm: weight too large for one gemv launch");
   float* partial = nullptr;
   unsigned* counters = nullptr;
-  if (chunks > 1) {
-    const size_t pbytes = static_cast<size_t>(m * n) * sizeof(float);
-    const size_t poff = (pbytes + 255) / 256 * 256;
-    QFORGE_RETURN_IF_ERROR(c.ensure_splitk(poff + static_cast<size_t>(rowblocks) * sizeof(unsigned)));
-    partial = static_cast<float*>(c.splitk);
-    counters = reinterpret_cast<unsigned*>(static_cast<char*>(c.splitk) + poff);
-  }
+  if (chunks > 1)
+    QFORGE_RETURN_IF_ERROR(c.splitk_workspace(static_cast<size_t>(m * n), static_cast<size_t>(rowblocks), &partial, &counters));
   const auto* wq = static_cast<const uint4*>(w.packed.data());
   const auto* sc = static_cast<const uint32_t*>(w.scales.data());
   const auto* zp = static_cast<const uint32_t*>(w.zeros.data());
   auto run = [&](auto kernel) -> Status {
-    QFORGE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<static_cast<unsigned>(blocks), kTcThreads, smem, c.stream>>>(
         wq, sc, zp, static_cast<const T*>(x), static_cast<T*>(y), partial, counters, static_cast<int>(m), static_cast<int>(n),
         static_cast<int>(k), static_cast<int>(chunks), static_cast<int>(chunk_tiles));
@@ -225,19 +226,14 @@ Status dispatch_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void*
   // the weight has a 128-row block per SM; with fewer rows one tile per warp and four per step
   // keeps more blocks. Measured on H100, M = 1 / 4 / 8: 28672x8192 51.7 / 52.3 / 55.0 us against
   // 52.3 / 53.3 / 55.6; 4096x4096 10.9 / 12.0 / 13.2 against 10.7 / 11.4 / 12.1.
-  const bool two = rows_per_warp == 2 || (rows_per_warp == 0 && w4a16_gemv_tc_large(c, w));
+  const bool two = rows_per_warp == 2 || (rows_per_warp == 0 && w.n / 128 >= c.sm_count);
   return two ? launch_tc<T, 1, 2, 2>(c, w, x, y, m, forced_splits) : launch_tc<T, 1, 1, 4>(c, w, x, y, m, forced_splits);
 }
 
 }  // namespace
 
-bool w4a16_gemv_tc_large(const Context::Impl& c, const W4A16Weights& w) { return w.n / 128 >= c.sm_count; }
-
 Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
                      int rows_per_warp) {
-  if (m <= 0 || m > kW4A16GemvMaxM)
-    return invalid_argument("w4a16_gemm: the gemv path takes 1 <= M <= " + std::to_string(kW4A16GemvMaxM) + ", got " +
-                            std::to_string(m));
   return w.act == ActType::bf16 ? dispatch_tc<__nv_bfloat16>(c, w, x, y, m, forced_splits, rows_per_warp)
                                 : dispatch_tc<__half>(c, w, x, y, m, forced_splits, rows_per_warp);
 }

@@ -17,10 +17,8 @@ inline constexpr int64_t kW4A16GemvMaxM = 16;
 // 0 = automatic, 1 or 2 row tiles per warp.
 Status w4a16_gemv(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
                   int tensor_cores, int rows_per_warp);
-// The tensor-core decode kernel (w4a16_gemv_tc.cu), 1 <= M <= kW4A16GemvMaxM.
+// The tensor-core decode kernel (w4a16_gemv_tc.cu); w4a16_gemv checked 1 <= M <= kW4A16GemvMaxM.
 Status w4a16_gemv_tc(Context::Impl& c, const W4A16Weights& w, const void* x, void* y, int64_t m, int forced_splits,
                      int rows_per_warp);
-// Whether W has a 128-row block per SM (the tensor-core kernel then runs two row tiles per warp).
-bool w4a16_gemv_tc_large(const Context::Impl& c, const W4A16Weights& w);
 
 }  // namespace qforge::cuda
