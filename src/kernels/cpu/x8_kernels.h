@@ -58,6 +58,14 @@ struct Acc4 {
   __m256i v = _mm256_setzero_si256();
   void add(__m256i u, __m256i s) { v = _mm256_dpbusd_epi32(v, u, s); }
   void merge(const Acc4& o) { v = _mm256_add_epi32(v, o.v); }
+  // Low and high nibbles of 32 code bytes as operands. The high ones stay in place (16 x the
+  // nibble: one and-not instead of a shift and an and; no u8 x s8 overflow here, unlike maddubs),
+  // so a chain fed with them holds 16 x its sum, divided out exactly by the *_high methods.
+  static void nibbles(__m256i q, __m256i m4, __m256i* lo, __m256i* hi) {
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_andnot_si256(m4, q);
+  }
+  void merge_high(const Acc4& hi) { v = _mm256_add_epi32(v, _mm256_srai_epi32(hi.v, 4)); }
   __m256i sum() const { return v; }
   // The 8 rows' scales of sub-blocks j (bytes 0..7 of `sc16`) and j + 1 (bytes 8..15), one int32
   // lane per row.
@@ -69,6 +77,8 @@ struct Acc4 {
                                                    12, -1, -1, -1, 13, -1, -1, -1, 14, -1, -1, -1, 15, -1, -1, -1));
   }
   __m256i scaled(__m256i op) const { return _mm256_mullo_epi32(v, op); }
+  // < 2^26 before the shift: 16 x 32 products of 15 x 127, times a 6-bit scale.
+  __m256i scaled_high(__m256i op) const { return _mm256_srai_epi32(_mm256_mullo_epi32(v, op), 4); }
 };
 using Acc8 = Acc4;
 #else
@@ -78,6 +88,11 @@ struct Acc4 {
   __m256i v = _mm256_setzero_si256();
   void add(__m256i u, __m256i s) { v = _mm256_add_epi16(v, _mm256_maddubs_epi16(u, s)); }
   void merge(const Acc4& o) { v = _mm256_add_epi16(v, o.v); }  // the bound above covers the merged adds
+  static void nibbles(__m256i q, __m256i m4, __m256i* lo, __m256i* hi) {
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+  }
+  void merge_high(const Acc4& hi) { merge(hi); }
   __m256i sum() const { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
   // madd with (scale, scale) in each lane's two s16 halves: the lane's sum times its row's scale.
   // The 8 rows' scales of sub-blocks j (bytes 0..7 of `sc16`) and j + 1 (bytes 8..15) as such
@@ -90,6 +105,7 @@ struct Acc4 {
                                                    12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1));
   }
   __m256i scaled(__m256i op) const { return _mm256_madd_epi16(v, op); }
+  __m256i scaled_high(__m256i op) const { return scaled(op); }
 };
 // 8-bit codes: a pair reaches 2 * 128 * 127 = 32512, so each maddubs is widened at once.
 struct Acc8 {
@@ -134,8 +150,8 @@ struct Q4_0 {
         prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ4_0x8), pd);
         Acc4 s[T], s_hi[T];  // low and high nibbles' chains
         for (int c = 0; c < 4; ++c) {
-          const __m256i q = load(wb[g][b].qs + 32 * c);
-          const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+          __m256i lo, hi;
+          Acc4::nibbles(load(wb[g][b].qs + 32 * c), m4, &lo, &hi);
           QF_X8_UNROLL
           for (int t = 0; t < T; ++t) {
             s[t].add(lo, bcast4(ar[t][b].qs + 4 * c));
@@ -146,7 +162,7 @@ struct Q4_0 {
         const __m256 d8 = _mm256_mul_ps(d, _mm256_set1_ps(8.0f));  // exact: d (8 s) == (8 d) s
         QF_X8_UNROLL
         for (int t = 0; t < T; ++t) {
-          s[t].merge(s_hi[t]);
+          s[t].merge_high(s_hi[t]);
           const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d));
           acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[t].sum()), dd, acc[g][t]);
           acc[g][t] = _mm256_fnmadd_ps(d8, _mm256_set1_ps(ar[t][b].s), acc[g][t]);
@@ -222,38 +238,58 @@ struct Q4_K {
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK_K; ++b) {
-      // Activation sums of sub-blocks (2p, 2p + 1) as s16 pairs, shared by the G groups.
-      int32_t pairs[T][4];
+      // Activation sums of sub-blocks (2p, 2p + 1) as s16 pairs (bsums added pairwise by madd; at
+      // most 2 x 16 x 127 each, so packs does not saturate), shared by the G groups.
+      alignas(16) int32_t pairs[T][4];
+      QF_X8_UNROLL
       for (int t = 0; t < T; ++t) {
-        const int16_t* bs = ar[t][b].bsums;
-        for (int p = 0; p < 4; ++p) {
-          const auto s0 = static_cast<uint16_t>(bs[4 * p] + bs[4 * p + 1]);
-          const auto s1 = static_cast<uint16_t>(bs[4 * p + 2] + bs[4 * p + 3]);
-          pairs[t][p] = static_cast<int32_t>(s0 | (uint32_t{s1} << 16));
+        const auto* bs = reinterpret_cast<const __m128i*>(ar[t][b].bsums);
+        const __m128i one = _mm_set1_epi16(1);
+        _mm_store_si128(reinterpret_cast<__m128i*>(pairs[t]),
+                        _mm_packs_epi32(_mm_madd_epi16(_mm_loadu_si128(bs), one), _mm_madd_epi16(_mm_loadu_si128(bs + 1), one)));
+      }
+      QF_X8_UNROLL
+      for (int g = 0; g < G; ++g) prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ4_Kx8), pd);
+      __m256i isum[G][T];
+      QF_X8_UNROLL
+      for (int g = 0; g < G; ++g)
+        QF_X8_UNROLL
+        for (int t = 0; t < T; ++t) isum[g][t] = _mm256_setzero_si256();
+      // Groups inside the column loop: each activation broadcast serves the G groups.
+      for (int h = 0; h < 4; ++h) {
+        Acc4 lo[G][T], hi[G][T];
+        for (int c = 0; c < 8; ++c) {
+          __m256i al[T], ah[T];
+          QF_X8_UNROLL
+          for (int t = 0; t < T; ++t) {
+            al[t] = bcast4(ar[t][b].qs + 64 * h + 4 * c);
+            ah[t] = bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c);
+          }
+          QF_X8_UNROLL
+          for (int g = 0; g < G; ++g) {
+            __m256i l, u;
+            Acc4::nibbles(load(wb[g][b].qs + 256 * h + 32 * c), m4, &l, &u);
+            QF_X8_UNROLL
+            for (int t = 0; t < T; ++t) {
+              lo[g][t].add(l, al[t]);
+              hi[g][t].add(u, ah[t]);
+            }
+          }
+        }
+        QF_X8_UNROLL
+        for (int g = 0; g < G; ++g) {
+          __m256i sl, sh;
+          Acc4::scale_operands(wb[g][b].scales + 16 * h, &sl, &sh);
+          QF_X8_UNROLL
+          for (int t = 0; t < T; ++t)
+            isum[g][t] = _mm256_add_epi32(isum[g][t], _mm256_add_epi32(lo[g][t].scaled(sl), hi[g][t].scaled_high(sh)));
         }
       }
       QF_X8_UNROLL
       for (int g = 0; g < G; ++g) {
         const BlockQ4_Kx8& w = wb[g][b];
-        prefetch_record(reinterpret_cast<const uint8_t*>(&w), sizeof(BlockQ4_Kx8), pd);
-        __m256i isum[T];
-        for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
-        for (int h = 0; h < 4; ++h) {
-          Acc4 lo[T], hi[T];
-          for (int c = 0; c < 8; ++c) {
-            const __m256i q = load(w.qs + 256 * h + 32 * c);
-            const __m256i l = _mm256_and_si256(q, m4), u = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            for (int t = 0; t < T; ++t) {
-              lo[t].add(l, bcast4(ar[t][b].qs + 64 * h + 4 * c));
-              hi[t].add(u, bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c));
-            }
-          }
-          __m256i sl, sh;
-          Acc4::scale_operands(w.scales + 16 * h, &sl, &sh);
-          for (int t = 0; t < T; ++t)
-            isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(lo[t].scaled(sl), hi[t].scaled(sh)));
-        }
         const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
+        QF_X8_UNROLL
         for (int t = 0; t < T; ++t) {
           // Each lane: [min of sub-block 2p, min of 2p + 1] (s16) . [their activation sums].
           __m256i msum = _mm256_setzero_si256();
@@ -262,7 +298,7 @@ struct Q4_K {
             msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, _mm256_set1_epi32(pairs[t][p])));
           }
           const __m256 da = _mm256_set1_ps(ar[t][b].d);
-          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, da), acc[g][t]);
+          acc[g][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[g][t]), _mm256_mul_ps(d, da), acc[g][t]);
           acc[g][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[g][t]);
         }
       }
