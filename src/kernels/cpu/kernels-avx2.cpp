@@ -31,25 +31,34 @@ struct Int8 {
   static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
     const uint8_t* wr[R];
     const uint8_t* ar[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    QF_UNROLL
     for (int t = 0; t < T; ++t) ar[t] = act + t * as;
     __m256i acc[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_si256();
     const int64_t padded = (w.cols + 31) / 32 * 32;
     for (int64_t c = 0; c < padded; c += 32) {
       __m256i wq[R], wabs[R];
+      QF_UNROLL
       for (int i = 0; i < R; ++i) {
         wq[i] = loadu256(wr[i] + kRowHeader + c);
         wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);  // -128 stays 0x80 = 128 as u8: still exact
       }
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256i aq = loadu256(ar[t] + kRowHeader + c);
+        QF_UNROLL
         for (int i = 0; i < R; ++i)
           acc[i][t] = _mm256_add_epi32(acc[i][t], dot_u8s8(wabs[i], _mm256_sign_epi8(aq, wq[i])));
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         float sw, sa;
         std::memcpy(&sw, wr[i], sizeof sw);
@@ -68,22 +77,29 @@ struct Int4 {
     const float* params[R];
     const uint8_t* qs[R];
     const float* x[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) {
       params[i] = reinterpret_cast<const float*>(w.data + (r + i) * w.row_stride);
       qs[i] = w.data + (r + i) * w.row_stride + 8 * groups;
     }
+    QF_UNROLL
     for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
     __m256 acc[R][T];
     float off[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps(), off[i][t] = 0.0f;
     const __m128i m4 = _mm_set1_epi8(0x0F);
     for (int64_t g = 0; g < groups; ++g) {
       __m256 gacc[R][T];
+      QF_UNROLL
       for (int i = 0; i < R; ++i)
+        QF_UNROLL
         for (int t = 0; t < T; ++t) gacc[i][t] = _mm256_setzero_ps();
       for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32) {
         __m256 wf[R][4];
+        QF_UNROLL
         for (int i = 0; i < R; ++i) {
           const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs[i] + c / 2));
           const __m128i lo = _mm_and_si128(bytes, m4), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m4);
@@ -92,21 +108,28 @@ struct Int4 {
           wf[i][2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
           wf[i][3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
         }
+        QF_UNROLL
         for (int t = 0; t < T; ++t)
+          QF_UNROLL
           for (int k = 0; k < 4; ++k) {
             const __m256 xv = _mm256_loadu_ps(x[t] + c + 8 * k);
+            QF_UNROLL
             for (int i = 0; i < R; ++i) gacc[i][t] = _mm256_fmadd_ps(wf[i][k], xv, gacc[i][t]);
           }
       }
+      QF_UNROLL
       for (int i = 0; i < R; ++i) {
         const float s = params[i][2 * g], z = params[i][2 * g + 1];
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(s), gacc[i][t], acc[i][t]);
           off[i][t] = std::fma(s * z, x[t][w.cols + g], off[i][t]);
         }
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum(acc[i][t]) - off[i][t];
   }
 };
@@ -136,21 +159,30 @@ struct Half {
   static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
     const uint8_t* wr[R];
     const float* x[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    QF_UNROLL
     for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
     __m256 acc[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
     const int64_t body = w.cols / 8 * 8;
     for (int64_t c = 0; c < body; c += 8) {
       __m256 wv[R];
+      QF_UNROLL
       for (int i = 0; i < R; ++i) wv[i] = load8(wr[i] + 2 * c);
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256 xv = _mm256_loadu_ps(x[t] + c);
+        QF_UNROLL
         for (int i = 0; i < R; ++i) acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         float s = hsum(acc[i][t]);
         for (int64_t c = body; c < w.cols; ++c) s = std::fma(load1(wr[i] + 2 * c), x[t][c], s);

@@ -40,22 +40,31 @@ struct Half512 {
   static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
     const uint8_t* wr[R];
     const float* x[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    QF_UNROLL
     for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
     __m512 acc[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < w.cols; c += 16) {
       const int64_t left = w.cols - c;
       const __mmask16 k = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
       __m512 wv[R];
+      QF_UNROLL
       for (int i = 0; i < R; ++i) wv[i] = load16(wr[i] + 2 * c, k);
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m512 xv = _mm512_maskz_loadu_ps(k, x[t] + c);
+        QF_UNROLL
         for (int i = 0; i < R; ++i) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum512(acc[i][t]);
   }
 };
@@ -69,44 +78,57 @@ struct Int4_512 {
     const float* params[R];
     const uint8_t* qs[R];
     const float* x[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) {
       params[i] = reinterpret_cast<const float*>(w.data + (r + i) * w.row_stride);
       qs[i] = w.data + (r + i) * w.row_stride + 8 * groups;
     }
+    QF_UNROLL
     for (int t = 0; t < T; ++t) x[t] = reinterpret_cast<const float*>(act + t * as);
     __m512 acc[R][T];
     float off[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps(), off[i][t] = 0.0f;
     const __m128i m4 = _mm_set1_epi8(0x0F);
     for (int64_t g = 0; g < groups; ++g) {
       __m512 gacc[R][T];
+      QF_UNROLL
       for (int i = 0; i < R; ++i)
+        QF_UNROLL
         for (int t = 0; t < T; ++t) gacc[i][t] = _mm512_setzero_ps();
       for (int64_t c = g * w.group; c < (g + 1) * w.group; c += 32) {
         __m512 lo[R], hi[R];
+        QF_UNROLL
         for (int i = 0; i < R; ++i) {
           const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs[i] + c / 2));
           lo[i] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(bytes, m4)));
           hi[i] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), m4)));
         }
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           const __m512 x0 = _mm512_loadu_ps(x[t] + c), x1 = _mm512_loadu_ps(x[t] + c + 16);
+          QF_UNROLL
           for (int i = 0; i < R; ++i) {
             gacc[i][t] = _mm512_fmadd_ps(lo[i], x0, gacc[i][t]);
             gacc[i][t] = _mm512_fmadd_ps(hi[i], x1, gacc[i][t]);
           }
         }
       }
+      QF_UNROLL
       for (int i = 0; i < R; ++i) {
         const float s = params[i][2 * g], z = params[i][2 * g + 1];
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           acc[i][t] = _mm512_fmadd_ps(_mm512_set1_ps(s), gacc[i][t], acc[i][t]);
           off[i][t] = std::fma(s * z, x[t][w.cols + g], off[i][t]);
         }
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) y[t * ldy + i] = hsum512(acc[i][t]) - off[i][t];
   }
 };

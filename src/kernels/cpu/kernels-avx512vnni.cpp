@@ -24,24 +24,33 @@ struct Int8 {
   static void run(const WeightView& w, int64_t r, const uint8_t* act, size_t as, float* y, int64_t ldy) {
     const uint8_t* wr[R];
     const uint8_t* ar[T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i) wr[i] = w.data + (r + i) * w.row_stride;
+    QF_UNROLL
     for (int t = 0; t < T; ++t) ar[t] = act + t * as;
     __m256i acc[R][T];
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_si256();
     const int64_t padded = (w.cols + 31) / 32 * 32;
     for (int64_t c = 0; c < padded; c += 32) {
       __m256i wq[R], wabs[R];
+      QF_UNROLL
       for (int i = 0; i < R; ++i) {
         wq[i] = loadu256(wr[i] + kRowHeader + c);
         wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
       }
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         const __m256i aq = loadu256(ar[t] + kRowHeader + c);
+        QF_UNROLL
         for (int i = 0; i < R; ++i) acc[i][t] = _mm256_dpbusd_epi32(acc[i][t], wabs[i], _mm256_sign_epi8(aq, wq[i]));
       }
     }
+    QF_UNROLL
     for (int i = 0; i < R; ++i)
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         float sw, sa;
         std::memcpy(&sw, wr[i], sizeof sw);

@@ -46,10 +46,6 @@ inline void prefetch_record(const uint8_t* p, size_t bytes, int64_t d) {
   for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(p + d + o), _MM_HINT_T0);
 }
 
-// Loops over the G groups and T tokens are unrolled: as real loops GCC kept the acc[g][t]
-// accumulators in memory (a load and a store per block and token).
-#define QF_X8_UNROLL _Pragma("GCC unroll 16")
-
 inline __m256 f16x8(const uint16_t* h) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))); }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -139,20 +135,20 @@ struct Q4_0 {
     const ActQ8Block* ar[T];
     for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
     __m256 acc[G][T];
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK; ++b) {
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g) {
         prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ4_0x8), pd);
         Acc4 s[T], s_hi[T];  // low and high nibbles' chains
         for (int c = 0; c < 4; ++c) {
           __m256i lo, hi;
           Acc4::nibbles(load(wb[g][b].qs + 32 * c), m4, &lo, &hi);
-          QF_X8_UNROLL
+          QF_UNROLL
           for (int t = 0; t < T; ++t) {
             s[t].add(lo, bcast4(ar[t][b].qs + 4 * c));
             s_hi[t].add(hi, bcast4(ar[t][b].qs + 16 + 4 * c));
@@ -160,7 +156,7 @@ struct Q4_0 {
         }
         const __m256 d = f16x8(wb[g][b].d);
         const __m256 d8 = _mm256_mul_ps(d, _mm256_set1_ps(8.0f));  // exact: d (8 s) == (8 d) s
-        QF_X8_UNROLL
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           s[t].merge_high(s_hi[t]);
           const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d));
@@ -169,9 +165,9 @@ struct Q4_0 {
         }
       }
     }
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
@@ -188,23 +184,23 @@ struct Q8_0 {
     const ActQ8Block* ar[T];
     for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const ActQ8Block*>(act + t * as);
     __m256 acc[G][T];
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < cols / gg::kQK; ++b) {
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g) {
         prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ8_0x8), pd);
         Acc8 s[2][T];  // even and odd chunks' chains
         for (int c = 0; c < 8; ++c) {
           const __m256i q = load(wb[g][b].qs + 32 * c);
           const __m256i u = _mm256_abs_epi8(q);
-          QF_X8_UNROLL
+          QF_UNROLL
           for (int t = 0; t < T; ++t) s[c & 1][t].add(u, _mm256_sign_epi8(bcast4(ar[t][b].qs + 4 * c), q));
         }
         const __m256 d = f16x8(wb[g][b].d);
-        QF_X8_UNROLL
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           s[0][t].merge(s[1][t]);
           const __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(ar[t][b].d));
@@ -212,9 +208,9 @@ struct Q8_0 {
         }
       }
     }
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
@@ -232,64 +228,64 @@ struct Q4_K {
     const gg::BlockQ8_K* ar[T];
     for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const gg::BlockQ8_K*>(act + t * as);
     __m256 acc[G][T];
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < cols / gg::kQK_K; ++b) {
       // Activation sums of sub-blocks (2p, 2p + 1) as s16 pairs (bsums added pairwise by madd; at
       // most 2 x 16 x 127 each, so packs does not saturate), shared by the G groups.
       alignas(16) int32_t pairs[T][4];
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) {
         const auto* bs = reinterpret_cast<const __m128i*>(ar[t][b].bsums);
         const __m128i one = _mm_set1_epi16(1);
         _mm_store_si128(reinterpret_cast<__m128i*>(pairs[t]),
                         _mm_packs_epi32(_mm_madd_epi16(_mm_loadu_si128(bs), one), _mm_madd_epi16(_mm_loadu_si128(bs + 1), one)));
       }
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g) prefetch_record(reinterpret_cast<const uint8_t*>(wb[g] + b), sizeof(BlockQ4_Kx8), pd);
       __m256i isum[G][T];
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g)
-        QF_X8_UNROLL
+        QF_UNROLL
         for (int t = 0; t < T; ++t) isum[g][t] = _mm256_setzero_si256();
       // Groups inside the column loop: each activation broadcast serves the G groups.
       for (int h = 0; h < 4; ++h) {
         Acc4 lo[G][T], hi[G][T];
         for (int c = 0; c < 8; ++c) {
           __m256i al[T], ah[T];
-          QF_X8_UNROLL
+          QF_UNROLL
           for (int t = 0; t < T; ++t) {
             al[t] = bcast4(ar[t][b].qs + 64 * h + 4 * c);
             ah[t] = bcast4(ar[t][b].qs + 64 * h + 32 + 4 * c);
           }
-          QF_X8_UNROLL
+          QF_UNROLL
           for (int g = 0; g < G; ++g) {
             __m256i l, u;
             Acc4::nibbles(load(wb[g][b].qs + 256 * h + 32 * c), m4, &l, &u);
-            QF_X8_UNROLL
+            QF_UNROLL
             for (int t = 0; t < T; ++t) {
               lo[g][t].add(l, al[t]);
               hi[g][t].add(u, ah[t]);
             }
           }
         }
-        QF_X8_UNROLL
+        QF_UNROLL
         for (int g = 0; g < G; ++g) {
           __m256i sl, sh;
           Acc4::scale_operands(wb[g][b].scales + 16 * h, &sl, &sh);
-          QF_X8_UNROLL
+          QF_UNROLL
           for (int t = 0; t < T; ++t)
             isum[g][t] = _mm256_add_epi32(isum[g][t], _mm256_add_epi32(lo[g][t].scaled(sl), hi[g][t].scaled_high(sh)));
         }
       }
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g) {
         const BlockQ4_Kx8& w = wb[g][b];
         const __m256 d = f16x8(w.d), dmin = f16x8(w.dmin);
-        QF_X8_UNROLL
+        QF_UNROLL
         for (int t = 0; t < T; ++t) {
           // Each lane: [min of sub-block 2p, min of 2p + 1] (s16) . [their activation sums].
           __m256i msum = _mm256_setzero_si256();
@@ -303,9 +299,9 @@ struct Q4_K {
         }
       }
     }
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
@@ -330,9 +326,9 @@ struct Q6_K {
     const gg::BlockQ8_K* ar[T];
     for (int t = 0; t < T; ++t) ar[t] = reinterpret_cast<const gg::BlockQ8_K*>(act + t * as);
     __m256 acc[G][T];
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) acc[g][t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     // Lane i: (byte i, byte i) for one sub-block's scale; (byte i, byte 8 + i) for the pair of
@@ -348,7 +344,7 @@ struct Q6_K {
         for (int p = 0; p < 8; ++p)
           bpairs[t][p] = static_cast<int32_t>(static_cast<uint16_t>(ar[t][b].bsums[2 * p]) |
                                               (uint32_t{static_cast<uint16_t>(ar[t][b].bsums[2 * p + 1])} << 16));
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int g = 0; g < G; ++g) {
         const BlockQ6_Kx8& w = wb[g][b];
         prefetch_record(reinterpret_cast<const uint8_t*>(&w), sizeof(BlockQ6_Kx8), pd);
@@ -402,14 +398,13 @@ struct Q6_K {
         }
       }
     }
-    QF_X8_UNROLL
+    QF_UNROLL
     for (int g = 0; g < G; ++g)
-      QF_X8_UNROLL
+      QF_UNROLL
       for (int t = 0; t < T; ++t) _mm256_storeu_ps(out[g * T + t], acc[g][t]);
   }
 };
 
 }  // namespace x8
-#undef QF_X8_UNROLL
 }  // namespace
 }  // namespace qforge::kernels
